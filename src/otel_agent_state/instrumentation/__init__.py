@@ -1,0 +1,1 @@
+"""One instrumentor module per client library (opentelemetry-python-contrib shape)."""

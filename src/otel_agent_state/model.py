@@ -1,0 +1,207 @@
+"""The pure data model: versions, observations, scopes and anomalies.
+
+No OpenTelemetry or client-library imports here: detectors and the `check` command
+work on these types alone, so they can be tested on hand-written histories.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import Enum
+from typing import Literal
+
+NONE_VERSION = "none"
+
+VersionKind = Literal["n", "t", "h", "none"]
+
+
+class Op(str, Enum):
+    READ = "read"
+    WRITE = "write"
+    DELETE = "delete"
+    READ_WRITE = "read_write"
+
+
+class Tier(str, Enum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    CACHE = "cache"
+    INDEX = "index"
+
+
+class AnomalyKind(str, Enum):
+    STALE_READ = "stale_read"
+    DIVERGENT_VIEW = "divergent_view"
+    ORPHANED_MUTATION = "orphaned_mutation"
+    LOST_UPDATE = "lost_update"
+
+
+class Severity(str, Enum):
+    ERROR = "error"
+    WARNING = "warning"
+
+
+class ScopeKind(str, Enum):
+    AGENT = "agent"
+    DECISION = "decision"
+    MUTATION = "mutation"
+    WORKFLOW = "workflow"
+
+
+class VersionError(ValueError):
+    """A version string that is not `n:<int>`, `t:<time>`, `h:<hex>` or `none`."""
+
+
+_HEX = re.compile(r"^[0-9a-fA-F]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """A version as SPEC §3 spells it. `ordinal` orders `n:` and `t:` versions of one kind."""
+
+    text: str
+    kind: VersionKind
+    ordinal: int | None
+
+    @property
+    def is_none(self) -> bool:
+        return self.kind == "none"
+
+    def orderable_with(self, other: Version) -> bool:
+        return (
+            self.ordinal is not None
+            and other.ordinal is not None
+            and self.kind == other.kind
+        )
+
+    def __str__(self) -> str:
+        return self.text
+
+
+NONE = Version(NONE_VERSION, "none", None)
+
+
+def parse_version(text: str) -> Version:
+    """Parse `n:<int>`, `t:<RFC3339 or epoch ns>`, `h:<hex>` or `none`.
+
+    Raises VersionError naming the bad text and the accepted forms.
+    """
+    if text == NONE_VERSION:
+        return NONE
+    prefix, sep, body = text.partition(":")
+    if sep and body:
+        if prefix == "n":
+            try:
+                return Version(text, "n", int(body))
+            except ValueError:
+                pass
+        elif prefix == "t":
+            ns = _time_ns(body)
+            if ns is not None:
+                return Version(text, "t", ns)
+        elif prefix == "h" and _HEX.match(body):
+            return Version(text.lower(), "h", None)
+    raise VersionError(
+        f"bad version {text!r}: expected 'n:<int>', 't:<RFC3339 or epoch ns>', "
+        "'h:<hex>' or 'none'"
+    )
+
+
+def _time_ns(body: str) -> int | None:
+    if body.isdigit():
+        return int(body)
+    try:
+        moment = datetime.fromisoformat(body.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None  # a naive timestamp has no order across processes
+    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+
+
+def ordinal_version(value: int) -> Version:
+    return Version(f"n:{value}", "n", value)
+
+
+@dataclass(frozen=True, slots=True)
+class FactVersion:
+    fact: str
+    version: Version
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """One read or write of facts by an agent, as recorded on one span (SPEC §3)."""
+
+    span_id: str
+    trace_id: str
+    agent: str
+    op: Op
+    start_ns: int
+    end_ns: int
+    reads: tuple[FactVersion, ...] = ()
+    writes: tuple[FactVersion, ...] = ()
+    store: str = "unknown"
+    tier: Tier = Tier.PRIMARY
+    agent_scope: str | None = None  # span id of the agent span it belongs to
+    decision: str | None = None  # span id of the enclosing decision span
+    mutation: str | None = None  # span id of the innermost explicit mutation scope
+    txn_id: str | None = None
+    committed: bool = True
+    failed: bool = False  # the operation itself ended in error
+    process: str = ""  # where the span was made; clock skew applies across processes
+    fact_rules: tuple[str, ...] = ()  # rule name per fact (reads then writes), for metrics
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """An agent, decision, mutation or workflow span: the intervals detectors reason about."""
+
+    span_id: str
+    trace_id: str
+    kind: ScopeKind
+    agent: str
+    start_ns: int
+    end_ns: int | None = None  # None: still open (or never ended)
+    failed: bool = False
+    parent_agent_scope: str | None = None
+    name: str = ""
+    rolled_back: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TxnEnd:
+    """The span that ended a transaction (`agentstate.txn.outcome`)."""
+
+    txn_id: str
+    span_id: str
+    trace_id: str
+    outcome: Literal["commit", "rollback"]
+    end_ns: int
+    agent: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """A finding with the evidence that proves it (span ids of the spans involved)."""
+
+    kind: AnomalyKind
+    trace_id: str
+    span_id: str  # the offending observation span: parent of the anomaly span
+    fact: str
+    observed_version: str
+    expected_version: str
+    agents: tuple[str, ...]
+    evidence_span_ids: tuple[str, ...]
+    summary: str
+    severity: Severity = Severity.ERROR
+    lag_ms: float | None = None
+    store: str = "unknown"
+    fact_rule: str = ""
+    agent_scope: str | None = None  # where the span event goes
+    key: tuple[object, ...] = field(default=(), compare=False)  # identity for dedup
+
+    def with_severity(self, severity: Severity) -> Anomaly:
+        return replace(self, severity=severity)
