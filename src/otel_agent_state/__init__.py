@@ -1,8 +1,54 @@
-"""otel-agent-state: shared-state coherence for multi-agent OpenTelemetry traces."""
+"""otel-agent-state: shared-state coherence for multi-agent OpenTelemetry traces.
+
+    from otel_agent_state import agent, decision, mutation, observe_read, observe_write
+
+Runs with no code change under `opentelemetry-instrument`; see the README.
+"""
 
 from __future__ import annotations
 
-from .errors import StaleReadError
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["StaleReadError"]
+from .api import (
+    agent,
+    configure,
+    decision,
+    end_transaction,
+    mutation,
+    observe_read,
+    observe_write,
+    workflow,
+)
+from .config import ConfigError
+from .errors import StaleReadError
+from .model import Anomaly, AnomalyKind, Severity
+
+if TYPE_CHECKING:
+    from .processor import StateCoherenceSpanProcessor
+
+__all__ = [
+    "Anomaly",
+    "AnomalyKind",
+    "ConfigError",
+    "Severity",
+    "StaleReadError",
+    "StateCoherenceSpanProcessor",
+    "agent",
+    "configure",
+    "decision",
+    "end_transaction",
+    "mutation",
+    "observe_read",
+    "observe_write",
+    "workflow",
+]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # The processor imports the SDK; load it only when asked for.
+    if name == "StateCoherenceSpanProcessor":
+        from .processor import StateCoherenceSpanProcessor
+
+        return StateCoherenceSpanProcessor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -214,9 +214,7 @@ def _digest_key(env: Mapping[str, str]) -> bytes:
     return data if len(data) <= 64 else hashlib.blake2b(data).digest()
 
 
-def settings_from_env(
-    env: Mapping[str, str] | None = None, cwd: Path | None = None
-) -> Settings:
+def settings_from_env(env: Mapping[str, str] | None = None, cwd: Path | None = None) -> Settings:
     """Read every `OTEL_AGENTSTATE_*` variable and the fact rules; ConfigError if bad."""
     env = os.environ if env is None else env
     consistency_text = env.get(ENV_CONSISTENCY, "").strip() or "linearizable"
@@ -266,9 +264,7 @@ def load_rules(
         text = _read(pyproject)
         if "otel-agent-state" not in text:
             return (), None
-        return parse_rules_text(text, str(pyproject), ("tool", "otel-agent-state")), str(
-            pyproject
-        )
+        return parse_rules_text(text, str(pyproject), ("tool", "otel-agent-state")), str(pyproject)
     return (), None
 
 
@@ -324,6 +320,19 @@ def parse_rules_text(
     return tuple(rules)
 
 
+def rules_from_dicts(raw: Any, origin: str = "configure(rules=...)") -> tuple[FactRule, ...]:
+    """Fact rules given from code as dicts shaped like the TOML tables."""
+    if not isinstance(raw, (list, tuple)):
+        raise ConfigError(f"{origin}: expected a list of rule dicts, got {type(raw).__name__}")
+    rules: list[FactRule] = []
+    for index, item in enumerate(raw):
+        rule = item if isinstance(item, FactRule) else _parse_rule(item, index, 0, "", origin)
+        if any(r.name == rule.name for r in rules):
+            raise ConfigError(f"{origin}: rule {rule.name!r} is defined twice")
+        rules.append(rule)
+    return tuple(rules)
+
+
 def _line_of(text: str, pattern: str, start: int) -> int:
     """The line of `pattern` inside the table that begins at line `start`, else `start`."""
     regex = re.compile(pattern)
@@ -349,8 +358,7 @@ def _key_entry(entry: Any) -> KeyPattern:
             raise ValueError(f"key tier must be one of {', '.join(_TIERS)}, got {tier!r}")
         return compile_key_pattern(entry["pattern"], tier)
     raise ValueError(
-        f"each key must be a pattern string or {{ pattern = \"...\", tier = \"cache\" }}, "
-        f"got {entry!r}"
+        f'each key must be a pattern string or {{ pattern = "...", tier = "cache" }}, got {entry!r}'
     )
 
 
@@ -358,6 +366,8 @@ def _parse_rule(raw: Any, index: int, start: int, text: str, filename: str) -> F
     label = f"rule #{index + 1}"
 
     def fail(key: str | None, message: str) -> ConfigError:
+        if not text:  # rules given from code: no file, no line
+            return ConfigError(f"{filename}: {label}: {message}")
         line = _line_of(text, rf"^\s*{re.escape(key)}\s*=", start) if key else start
         return ConfigError(f"{filename}:{line}: {label}: {message}")
 
@@ -373,9 +383,7 @@ def _parse_rule(raw: Any, index: int, start: int, text: str, filename: str) -> F
     label = f"rule {name!r}"
     unknown = sorted(set(raw) - set(_RULE_FIELDS))
     if unknown:
-        raise fail(
-            unknown[0], f"unknown field {unknown[0]!r}; allowed: {', '.join(_RULE_FIELDS)}"
-        )
+        raise fail(unknown[0], f"unknown field {unknown[0]!r}; allowed: {', '.join(_RULE_FIELDS)}")
     consistency: Consistency | None = None
     if "consistency" in raw:
         if not isinstance(raw["consistency"], str):

@@ -70,11 +70,7 @@ class Version:
         return self.kind == "none"
 
     def orderable_with(self, other: Version) -> bool:
-        return (
-            self.ordinal is not None
-            and other.ordinal is not None
-            and self.kind == other.kind
-        )
+        return self.ordinal is not None and other.ordinal is not None and self.kind == other.kind
 
     def __str__(self) -> str:
         return self.text
@@ -104,8 +100,7 @@ def parse_version(text: str) -> Version:
         elif prefix == "h" and _HEX.match(body):
             return Version(text.lower(), "h", None)
     raise VersionError(
-        f"bad version {text!r}: expected 'n:<int>', 't:<RFC3339 or epoch ns>', "
-        "'h:<hex>' or 'none'"
+        f"bad version {text!r}: expected 'n:<int>', 't:<RFC3339 or epoch ns>', 'h:<hex>' or 'none'"
     )
 
 

@@ -46,3 +46,19 @@ def guard_read(span: Any) -> None:
             raise
         except Exception:  # never let our own bug reach the agent
             _log.debug("read guard failed", exc_info=True)
+
+
+class ScopeHook(Protocol):
+    def before_scope_end(self, span: Any, failed: bool) -> None: ...
+
+
+def before_scope_end(span: Any, failed: bool) -> None:
+    """Our own scopes call this just before they end, while the span still takes events."""
+    for guard in tuple(_guards):
+        hook = getattr(guard, "before_scope_end", None)
+        if hook is None:
+            continue
+        try:
+            hook(span, failed)
+        except Exception:
+            _log.debug("scope hook failed", exc_info=True)

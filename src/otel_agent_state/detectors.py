@@ -1,0 +1,528 @@
+"""The four detectors of SPEC §5, as pure functions over a History.
+
+Each returns Anomaly values with the evidence (span ids) that proves them, and each is sound
+on the evidence alone: when the trace does not show a version to be older, it is not.
+Version order: `n:` and `t:` versions compare by value within a kind; otherwise the order
+comes from the trace's committed writes (Elle's inference for registers), and a version
+that no write in the trace produced is the initial state, older than every written one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from .config import Consistency
+from .history import History, Read, Write
+from .model import (
+    NONE_VERSION,
+    Anomaly,
+    AnomalyKind,
+    Observation,
+    Op,
+    ScopeKind,
+    Severity,
+    Tier,
+    Version,
+)
+
+ConsistencyOf = Callable[[str], Consistency]
+
+
+def _linearizable(_: str) -> Consistency:
+    return Consistency("linearizable")
+
+
+# ---------------------------------------------------------------- version order
+
+
+def _rank(version: Version, writes: list[Write]) -> int:
+    """Position of the newest write in `writes` that produced `version`; -1: initial state."""
+    for index in range(len(writes) - 1, -1, -1):
+        if writes[index].version.text == version.text:
+            return index
+    return -1
+
+
+def is_older(version: Version, than: Version, writes: list[Write]) -> bool:
+    """True only if the trace proves `version` older than `than` (writes in commit order)."""
+    if version.text == than.text:
+        return False
+    if version.orderable_with(than):
+        assert version.ordinal is not None and than.ordinal is not None
+        return version.ordinal < than.ordinal
+    mine, theirs = _rank(version, writes), _rank(than, writes)
+    if theirs < 0:
+        return False  # `than` is not a written version: no order to go by
+    return mine < theirs
+
+
+def _skew_ns(a: Observation, b: Observation, skew_ms: int) -> int:
+    return skew_ms * 1_000_000 if a.process != b.process else 0
+
+
+def _ms(ns: int) -> float:
+    return round(ns / 1_000_000, 3)
+
+
+# ---------------------------------------------------------------- stale reads
+
+
+def detect_stale_reads(
+    history: History,
+    consistency_of: ConsistencyOf = _linearizable,
+    *,
+    clock_skew_ms: int = 0,
+    only: Iterable[Observation] | None = None,
+) -> list[Anomaly]:
+    """Reads that returned a version older than the model allows (SPEC §5).
+
+    `only` limits the check to those observations (the processor passes the read that just
+    ended); by default every read in the history is checked.
+    """
+    reads: Iterable[Read]
+    if only is None:
+        reads = history.all_reads()
+    else:
+        reads = [Read(item.fact, item.version, obs) for obs in only for item in obs.reads]
+    found: list[Anomaly] = []
+    for read in reads:
+        if read.obs.tier == Tier.CACHE and read.version.is_none:
+            continue  # a cache miss sends the agent to the primary
+        model = consistency_of(read.fact)
+        if model.kind == "eventual":
+            continue
+        if model.kind == "session":
+            anomaly = _session_violation(history, read, model)
+        else:
+            anomaly = _realtime_violation(history, read, model, clock_skew_ms)
+        if anomaly is not None:
+            found.append(anomaly)
+    return found
+
+
+def _realtime_violation(
+    history: History, read: Read, model: Consistency, skew_ms: int
+) -> Anomaly | None:
+    writes = history.writes(read.fact)
+    committed = [w for w in writes if w.committed]
+    bound_ns = model.bound_ms * 1_000_000 if model.kind == "bounded" else 0
+    before = [
+        w
+        for w in committed
+        if w.commit_ns is not None
+        and w.commit_ns < read.obs.start_ns - bound_ns - _skew_ns(w.obs, read.obs, skew_ms)
+        and w.obs.span_id != read.obs.span_id
+    ]
+    if not before:
+        return None
+    latest = before[-1]
+    version = read.version
+    if version.text == latest.version.text:
+        return None
+    if version.orderable_with(latest.version):
+        if (version.ordinal or 0) > (latest.version.ordinal or 0):
+            return None
+        missed = [w for w in before if is_older(version, w.version, before)]
+    else:
+        # Equality-only versions: fine if some write not yet committed-before-R produced it
+        # (a concurrent write R may legitimately have seen), or it is R's own pending write.
+        later = [w for w in writes if w not in before and not w.rolled_back]
+        if any(w.version.text == version.text for w in later):
+            return None
+        position = _rank(version, before)
+        missed = before[position + 1 :]
+    if not missed:
+        return None
+    first = missed[0]
+    assert first.commit_ns is not None and latest.commit_ns is not None
+    lag_ms = _ms(read.obs.start_ns - first.commit_ns)
+    evidence = [latest.obs.span_id]
+    if latest.commit_span_id:
+        evidence.append(latest.commit_span_id)
+    agents = _unique([read.obs.agent, latest.obs.agent])
+    model_text = str(model)
+    return Anomaly(
+        kind=AnomalyKind.STALE_READ,
+        trace_id=read.obs.trace_id,
+        span_id=read.obs.span_id,
+        fact=read.fact,
+        observed_version=version.text,
+        expected_version=latest.version.text,
+        agents=agents,
+        evidence_span_ids=tuple(evidence),
+        summary=(
+            f"{read.obs.agent} read {read.fact} at {version.text} from the "
+            f"{read.obs.tier.value} ({read.obs.store}), but {latest.obs.agent} had committed "
+            f"{latest.version.text} {lag_ms:g} ms before the read ({model_text})"
+        ),
+        severity=_read_severity(read.obs),
+        lag_ms=lag_ms,
+        store=read.obs.store,
+        agent_scope=read.obs.agent_scope,
+        key=(AnomalyKind.STALE_READ, read.obs.span_id, read.fact),
+    )
+
+
+def _session_violation(history: History, read: Read, model: Consistency) -> Anomaly | None:
+    """Read-your-writes and monotonic reads for the reading agent (Terry et al. 1994)."""
+    agent = read.obs.agent
+    start = read.obs.start_ns
+    order = history.committed_writes(read.fact)
+    bounds: list[tuple[Version, Observation, str]] = []
+    for write in history.writes(read.fact):
+        if write.obs.agent == agent and not write.rolled_back and write.obs.end_ns <= start:
+            bounds.append((write.version, write.obs, "its own write"))
+    for earlier in history.reads(read.fact):
+        if (
+            earlier.obs.agent == agent
+            and earlier.obs.end_ns <= start
+            and earlier.obs.span_id != read.obs.span_id
+            and not (earlier.obs.tier == Tier.CACHE and earlier.version.is_none)
+        ):
+            bounds.append((earlier.version, earlier.obs, "an earlier read"))
+    for bound, source, what in bounds:
+        if not is_older(read.version, bound, order):
+            continue
+        return Anomaly(
+            kind=AnomalyKind.STALE_READ,
+            trace_id=read.obs.trace_id,
+            span_id=read.obs.span_id,
+            fact=read.fact,
+            observed_version=read.version.text,
+            expected_version=bound.text,
+            agents=(agent,),
+            evidence_span_ids=(source.span_id,),
+            summary=(
+                f"{agent} read {read.fact} at {read.version.text} after {what} had shown "
+                f"it {bound.text} ({model}: read-your-writes / monotonic reads)"
+            ),
+            severity=_read_severity(read.obs),
+            lag_ms=_ms(start - source.end_ns),
+            store=read.obs.store,
+            agent_scope=read.obs.agent_scope,
+            key=(AnomalyKind.STALE_READ, read.obs.span_id, read.fact),
+        )
+    return None
+
+
+def _read_severity(obs: Observation) -> Severity:
+    """At read time only a read-modify-write op or an open decision proves dependence."""
+    if obs.op == Op.READ_WRITE or obs.writes or obs.decision is not None:
+        return Severity.ERROR
+    return Severity.WARNING
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+# ---------------------------------------------------------------- divergent views
+
+
+@dataclass(frozen=True, slots=True)
+class _Actor:
+    """An agent scope: its interval, and the times it decided or wrote."""
+
+    key: str
+    agent: str
+    start_ns: int
+    end_ns: int | None
+    acts: tuple[int, ...]
+
+
+def _actors(history: History) -> dict[str, _Actor]:
+    """Agent spans; observations with no agent span are grouped by agent name."""
+    spans: dict[str, tuple[str, int, int | None]] = {}
+    for scope in history.scopes.values():
+        if scope.kind == ScopeKind.AGENT:
+            spans[scope.span_id] = (scope.agent, scope.start_ns, scope.end_ns)
+    acts: dict[str, list[int]] = {}
+    for obs in history.observations.values():
+        key = actor_key(obs)
+        if key not in spans:
+            agent, start, end = spans.get(key, (obs.agent, obs.start_ns, obs.end_ns))
+            spans[key] = (agent, min(start, obs.start_ns), max(end or 0, obs.end_ns))
+        if obs.writes and obs.op != Op.READ and not obs.failed:
+            acts.setdefault(key, []).append(obs.end_ns)
+    for scope in history.scopes.values():
+        if scope.kind == ScopeKind.DECISION and scope.end_ns is not None:
+            key = scope.parent_agent_scope or f"agent:{scope.agent}"
+            acts.setdefault(key, []).append(scope.end_ns)
+    return {
+        key: _Actor(key, agent, start, end, tuple(sorted(acts.get(key, ()))))
+        for key, (agent, start, end) in spans.items()
+    }
+
+
+def actor_key(obs: Observation) -> str:
+    return obs.agent_scope or f"agent:{obs.agent}"
+
+
+def _overlap(a: _Actor, b: _Actor) -> bool:
+    a_end = a.end_ns if a.end_ns is not None else 1 << 62
+    b_end = b.end_ns if b.end_ns is not None else 1 << 62
+    return a.start_ns < b_end and b.start_ns < a_end
+
+
+def _acted_on(history: History, actor: _Actor, fact: str) -> Read | None:
+    """The last read of `fact` by `actor` that a later decision or write of its followed."""
+    if not actor.acts:
+        return None
+    last_act = actor.acts[-1]
+    chosen: Read | None = None
+    for read in history.reads(fact):
+        if actor_key(read.obs) != actor.key or read.obs.end_ns > last_act:
+            continue
+        if read.obs.tier == Tier.CACHE and read.version.is_none:
+            continue
+        chosen = read
+    return chosen
+
+
+def detect_divergent_views(
+    history: History, *, only_actors: Iterable[str] | None = None
+) -> list[Anomaly]:
+    """Concurrent agents that acted on different versions of one fact (SPEC §5).
+
+    Not a divergence when the newer version was written by one of the two agents: a
+    read-modify-write chain knows the version it wrote.
+    """
+    actors = _actors(history)
+    focus = set(only_actors) if only_actors is not None else None
+    found: list[Anomaly] = []
+    keys = sorted(actors)
+    for fact in list(history.facts()):
+        views: dict[str, Read] = {}
+        for key in keys:
+            read = _acted_on(history, actors[key], fact)
+            if read is not None:
+                views[key] = read
+        if len(views) < 2:
+            continue
+        writes = history.committed_writes(fact)
+        all_writes = history.writes(fact)
+        pairs = sorted(views)
+        for i, key_a in enumerate(pairs):
+            for key_b in pairs[i + 1 :]:
+                if focus is not None and key_a not in focus and key_b not in focus:
+                    continue
+                a, b = actors[key_a], actors[key_b]
+                if a.agent == b.agent or not _overlap(a, b):
+                    continue
+                anomaly = _divergence(fact, views[key_a], views[key_b], a, b, writes, all_writes)
+                if anomaly is not None:
+                    found.append(anomaly)
+    return found
+
+
+def _divergence(
+    fact: str,
+    read_a: Read,
+    read_b: Read,
+    a: _Actor,
+    b: _Actor,
+    writes: list[Write],
+    all_writes: list[Write],
+) -> Anomaly | None:
+    if read_a.version.text == read_b.version.text:
+        return None
+    if is_older(read_a.version, read_b.version, writes):
+        older, newer = read_a, read_b
+    elif is_older(read_b.version, read_a.version, writes):
+        older, newer = read_b, read_a
+    else:
+        older, newer = (
+            (read_a, read_b) if read_a.obs.end_ns <= read_b.obs.end_ns else (read_b, read_a)
+        )
+    newer_writers = {w.obs.agent for w in all_writes if w.version.text == newer.version.text}
+    if newer_writers & {a.agent, b.agent}:
+        return None
+    agents = _unique([older.obs.agent, newer.obs.agent])
+    return Anomaly(
+        kind=AnomalyKind.DIVERGENT_VIEW,
+        trace_id=older.obs.trace_id,
+        span_id=older.obs.span_id,
+        fact=fact,
+        observed_version=older.version.text,
+        expected_version=newer.version.text,
+        agents=agents,
+        evidence_span_ids=(newer.obs.span_id,),
+        summary=(
+            f"{older.obs.agent} acted on {fact} at {older.version.text} while "
+            f"{newer.obs.agent}, working at the same time, acted on {newer.version.text}"
+        ),
+        severity=Severity.ERROR,
+        store=older.obs.store,
+        agent_scope=older.obs.agent_scope,
+        key=(AnomalyKind.DIVERGENT_VIEW, fact, frozenset((a.key, b.key))),
+    )
+
+
+# ---------------------------------------------------------------- lost updates
+
+
+def detect_lost_updates(history: History) -> list[Anomaly]:
+    """Two committed writes of a fact whose writers both last read the same version (Elle)."""
+    found: list[Anomaly] = []
+    for fact in list(history.facts()):
+        based: list[tuple[Write, Read]] = []
+        reads = history.reads(fact)
+        for write in history.committed_writes(fact):
+            basis = None
+            for read in reads:
+                if (
+                    actor_key(read.obs) == actor_key(write.obs)
+                    and read.obs.end_ns <= write.obs.start_ns
+                    and not (read.obs.tier == Tier.CACHE and read.version.is_none)
+                ):
+                    basis = read
+            if basis is not None:
+                based.append((write, basis))
+        for i, (first, first_read) in enumerate(based):
+            for second, second_read in based[i + 1 :]:
+                if actor_key(first.obs) == actor_key(second.obs):
+                    continue
+                if first_read.version.text != second_read.version.text:
+                    continue
+                if first.version.text == first_read.version.text:
+                    continue  # the first write changed nothing: nothing was lost
+                found.append(
+                    Anomaly(
+                        kind=AnomalyKind.LOST_UPDATE,
+                        trace_id=second.obs.trace_id,
+                        span_id=second.obs.span_id,
+                        fact=fact,
+                        observed_version=second_read.version.text,
+                        expected_version=first.version.text,
+                        agents=_unique([first.obs.agent, second.obs.agent]),
+                        evidence_span_ids=(
+                            first.obs.span_id,
+                            first_read.obs.span_id,
+                            second_read.obs.span_id,
+                        ),
+                        summary=(
+                            f"{second.obs.agent} wrote {fact} based on "
+                            f"{second_read.version.text}, overwriting {first.version.text} "
+                            f"that {first.obs.agent} had written from the same "
+                            f"{first_read.version.text}: that update is lost"
+                        ),
+                        severity=Severity.ERROR,
+                        store=second.obs.store,
+                        agent_scope=second.obs.agent_scope,
+                        key=(AnomalyKind.LOST_UPDATE, fact, first.obs.span_id, second.obs.span_id),
+                    )
+                )
+    return found
+
+
+# ---------------------------------------------------------------- orphaned mutations
+
+
+def detect_orphaned_mutations(history: History, *, closed: bool = True) -> list[Anomaly]:
+    """Mutation scopes that changed state and then failed or never ended, unrestored.
+
+    The scope of a write is its innermost explicit mutation(), else its agent span for
+    autocommit writes (a committed database transaction is complete by itself). `closed`:
+    the trace is over, so scopes that never ended count as abandoned.
+    """
+    found: list[Anomaly] = []
+    by_scope: dict[str, list[Write]] = {}
+    for fact in list(history.facts()):
+        for write in history.committed_writes(fact):
+            scope_id = write.obs.mutation
+            if scope_id is None and write.obs.txn_id is None:
+                scope_id = write.obs.agent_scope
+            if scope_id is not None:
+                by_scope.setdefault(scope_id, []).append(write)
+    for scope_id, writes in by_scope.items():
+        scope = history.scopes.get(scope_id)
+        if scope is None:
+            continue
+        abandoned = scope.end_ns is None and closed
+        if not (scope.failed or abandoned):
+            continue
+        unrestored = [w for w in _last_per_fact(writes) if not _restored(history, w, writes)]
+        if not unrestored:
+            continue
+        last = max(unrestored, key=lambda w: w.commit_ns or 0)
+        how = "failed" if scope.failed else "never ended"
+        facts = ", ".join(f"{w.fact}={w.version.text}" for w in unrestored)
+        found.append(
+            Anomaly(
+                kind=AnomalyKind.ORPHANED_MUTATION,
+                trace_id=last.obs.trace_id,
+                span_id=last.obs.span_id,
+                fact=last.fact,
+                observed_version=last.version.text,
+                expected_version=_before(history, last.fact, writes) or NONE_VERSION,
+                agents=(scope.agent,),
+                evidence_span_ids=_unique([scope.span_id, *(w.obs.span_id for w in unrestored)]),
+                summary=(
+                    f"{scope.kind.value} {scope.name or scope.agent!s} of {scope.agent} {how} "
+                    f"after committing {facts}; nothing restored the earlier state"
+                ),
+                severity=Severity.ERROR,
+                store=last.obs.store,
+                agent_scope=scope.parent_agent_scope
+                if scope.kind == ScopeKind.MUTATION
+                else scope.span_id,
+                key=(AnomalyKind.ORPHANED_MUTATION, scope_id),
+            )
+        )
+    return found
+
+
+def _last_per_fact(writes: list[Write]) -> list[Write]:
+    last: dict[str, Write] = {}
+    for write in writes:
+        last[write.fact] = write
+    return list(last.values())
+
+
+def _before(history: History, fact: str, scope_writes: list[Write]) -> str | None:
+    """The version `fact` had before the scope's first write of it, if the trace shows it."""
+    mine = [w for w in scope_writes if w.fact == fact]
+    first = min(mine, key=lambda w: w.commit_ns or 0)
+    earlier = [
+        w
+        for w in history.committed_writes(fact)
+        if w not in mine and (w.commit_ns or 0) < (first.commit_ns or 0)
+    ]
+    if earlier:
+        return earlier[-1].version.text
+    seen = [r for r in history.reads(fact) if r.obs.end_ns <= first.obs.start_ns]
+    if seen:
+        return seen[-1].version.text
+    return None
+
+
+def _restored(history: History, last: Write, scope_writes: list[Write]) -> bool:
+    """A later committed write (by anyone) put back the version from before the scope."""
+    after = [
+        w
+        for w in history.committed_writes(last.fact)
+        if w not in scope_writes and (w.commit_ns or 0) > (last.commit_ns or 0)
+    ]
+    if not after:
+        return False
+    before = _before(history, last.fact, scope_writes)
+    if before is None:
+        return True  # the earlier state is unknown: a later write may have restored it
+    return any(w.version.text == before for w in after)
+
+
+def detect_all(
+    history: History,
+    consistency_of: ConsistencyOf = _linearizable,
+    *,
+    clock_skew_ms: int = 0,
+    closed: bool = True,
+) -> list[Anomaly]:
+    """Every detector over the whole history: what `check` runs on a finished trace."""
+    return [
+        *detect_stale_reads(history, consistency_of, clock_skew_ms=clock_skew_ms),
+        *detect_divergent_views(history),
+        *detect_lost_updates(history),
+        *detect_orphaned_mutations(history, closed=closed),
+    ]

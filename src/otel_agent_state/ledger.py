@@ -1,0 +1,313 @@
+"""The per-trace ledger: bounded histories of live traces, and when to run which detector.
+
+Pure (no OpenTelemetry imports). The processor feeds it observations, scopes and
+transaction ends as spans end, and emits what it returns. Memory is bounded three ways:
+at most `max_traces` live traces (least recently active closed first), at most
+`max_facts_per_trace` facts per trace (further facts are counted and dropped), at most
+`max_events_per_fact` reads and writes per fact, and traces idle past the TTL are closed.
+
+Timing (SPEC §5): a stale read is found when the read ends, and reported once the
+agent acts on it (decision or write: severity error) or its agent scope ends (warning).
+Divergent views and lost updates are found when an agent acts or a write commits.
+Orphaned mutations are judged when the trace closes, since a later compensating
+write can still restore the state.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from .config import Consistency
+from .detectors import (
+    actor_key,
+    detect_divergent_views,
+    detect_lost_updates,
+    detect_orphaned_mutations,
+    detect_stale_reads,
+)
+from .history import History
+from .model import Anomaly, AnomalyKind, Observation, Op, Scope, ScopeKind, Severity, TxnEnd
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLimits:
+    max_traces: int = 10_000
+    max_facts_per_trace: int = 1_000
+    max_events_per_fact: int = 256
+    trace_ttl_ms: int = 300_000
+    clock_skew_ms: int = 0
+
+
+@dataclass
+class TraceState:
+    history: History
+    touched: float
+    reported: set[tuple[object, ...]] = field(default_factory=set)
+    pending: dict[str, list[Anomaly]] = field(default_factory=dict)  # by actor key
+    dropped_facts: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerStats:
+    traces: int
+    dropped_facts: int
+    evicted_traces: int
+
+
+def _is_act(obs: Observation) -> bool:
+    return bool(obs.writes) and obs.op != Op.READ and not obs.failed
+
+
+class Ledger:
+    """Thread-safe. Every method returns the anomalies to report now, in final form."""
+
+    def __init__(
+        self,
+        consistency_of: Callable[[str], Consistency],
+        limits: LedgerLimits = LedgerLimits(),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._consistency_of = consistency_of
+        self.limits = limits
+        self._clock = clock
+        self._traces: OrderedDict[str, TraceState] = OrderedDict()
+        self._lock = threading.RLock()
+        self._dropped_facts = 0
+        self._evicted = 0
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def stats(self) -> LedgerStats:
+        with self._lock:
+            return LedgerStats(len(self._traces), self._dropped_facts, self._evicted)
+
+    def _state(self, trace_id: str, out: list[Anomaly]) -> TraceState:
+        state = self._traces.get(trace_id)
+        now = self._clock()
+        if state is None:
+            while len(self._traces) >= self.limits.max_traces:
+                oldest = next(iter(self._traces))
+                self._evicted += 1
+                out.extend(self._close(oldest))
+            history = History(
+                trace_id=trace_id, max_events_per_fact=self.limits.max_events_per_fact
+            )
+            state = TraceState(history, now)
+            self._traces[trace_id] = state
+        else:
+            state.touched = now
+            self._traces.move_to_end(trace_id)
+        return state
+
+    def _bounded(self, state: TraceState, obs: Observation) -> Observation:
+        history = state.history
+        room = self.limits.max_facts_per_trace
+        known = sum(1 for _ in history.facts())
+        if known + len(obs.reads) + len(obs.writes) <= room:
+            return obs
+        kept_facts: set[str] = set()
+
+        def keep(fact: str) -> bool:
+            nonlocal known
+            if history.knows_fact(fact) or fact in kept_facts:
+                return True
+            if known < room:
+                known += 1
+                kept_facts.add(fact)
+                return True
+            state.dropped_facts += 1
+            self._dropped_facts += 1
+            return False
+
+        return replace(
+            obs,
+            reads=tuple(r for r in obs.reads if keep(r.fact)),
+            writes=tuple(w for w in obs.writes if keep(w.fact)),
+        )
+
+    def _fresh(self, state: TraceState, found: list[Anomaly]) -> list[Anomaly]:
+        fresh = []
+        for anomaly in found:
+            if anomaly.key not in state.reported:
+                state.reported.add(anomaly.key)
+                fresh.append(anomaly)
+        return fresh
+
+    # ------------------------------------------------------------------ events
+
+    def add_scope(self, scope: Scope) -> list[Anomaly]:
+        """A scope started (end_ns None) or ended; an ended decision is an act of its agent."""
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._state(scope.trace_id, out)
+            state.history.add_scope(scope)
+            if scope.end_ns is None:
+                return out
+            if scope.kind == ScopeKind.DECISION:
+                actor = scope.parent_agent_scope or f"agent:{scope.agent}"
+                out.extend(self._acted(state, actor))
+            elif scope.kind == ScopeKind.AGENT:
+                out.extend(self._flush_pending(state, scope.span_id, Severity.WARNING))
+        return out
+
+    def add_observation(self, obs: Observation) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._state(obs.trace_id, out)
+            obs = self._bounded(state, obs)
+            state.history.add_observation(obs)
+            if obs.reads:
+                stale = detect_stale_reads(
+                    state.history,
+                    self._consistency_of,
+                    clock_skew_ms=self.limits.clock_skew_ms,
+                    only=[obs],
+                )
+                for anomaly in stale:
+                    if anomaly.key in state.reported:
+                        continue
+                    if anomaly.severity == Severity.ERROR:
+                        state.reported.add(anomaly.key)
+                        out.append(anomaly)
+                    else:
+                        state.pending.setdefault(actor_key(obs), []).append(anomaly)
+            if _is_act(obs):
+                out.extend(self._acted(state, actor_key(obs)))
+                if obs.committed:
+                    out.extend(self._fresh(state, detect_lost_updates(state.history)))
+        return out
+
+    def add_txn_end(self, end: TxnEnd) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._state(end.trace_id, out)
+            state.history.add_txn_end(end)
+            if end.outcome == "commit":
+                out.extend(self._fresh(state, detect_lost_updates(state.history)))
+        return out
+
+    def check_read(self, obs: Observation) -> list[Anomaly]:
+        """Stale-read findings for a read still in progress (raise mode), reported now."""
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._state(obs.trace_id, out)
+            stale = detect_stale_reads(
+                _with(state.history, obs),
+                self._consistency_of,
+                clock_skew_ms=self.limits.clock_skew_ms,
+                only=[obs],
+            )
+            out.extend(self._fresh(state, stale))
+        return out
+
+    def decision_inputs(self, trace_id: str, decision_span_id: str) -> list[str]:
+        """`fact@version` for every read made inside the decision, in order."""
+        with self._lock:
+            state = self._traces.get(trace_id)
+            if state is None:
+                return []
+            inputs = [
+                f"{item.fact}@{item.version.text}"
+                for obs in sorted(state.history.observations.values(), key=lambda o: o.end_ns)
+                if obs.decision == decision_span_id
+                for item in obs.reads
+            ]
+        return list(dict.fromkeys(inputs))
+
+    def close_trace(self, trace_id: str) -> list[Anomaly]:
+        with self._lock:
+            if trace_id not in self._traces:
+                return []
+            return self._close(trace_id)
+
+    def close_expired(self) -> list[Anomaly]:
+        """Close traces idle past the TTL (their open scopes count as never ended)."""
+        out: list[Anomaly] = []
+        with self._lock:
+            deadline = self._clock() - self.limits.trace_ttl_ms / 1000
+            while self._traces:
+                trace_id, state = next(iter(self._traces.items()))
+                if state.touched > deadline:
+                    break
+                self._evicted += 1
+                out.extend(self._close(trace_id))
+        return out
+
+    def close_all(self) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        with self._lock:
+            for trace_id in list(self._traces):
+                out.extend(self._close(trace_id))
+        return out
+
+    # ------------------------------------------------------------------ internals
+
+    def _acted(self, state: TraceState, actor: str) -> list[Anomaly]:
+        out = self._flush_pending(state, actor, Severity.ERROR)
+        out.extend(self._fresh(state, detect_divergent_views(state.history, only_actors=[actor])))
+        return out
+
+    def _flush_pending(self, state: TraceState, actor: str, severity: Severity) -> list[Anomaly]:
+        pending = state.pending.pop(actor, [])
+        out = []
+        for anomaly in pending:
+            if anomaly.key not in state.reported:
+                state.reported.add(anomaly.key)
+                out.append(anomaly.with_severity(severity))
+        return out
+
+    def _close(self, trace_id: str) -> list[Anomaly]:
+        state = self._traces.pop(trace_id)
+        history = state.history
+        out: list[Anomaly] = []
+        for actor in list(state.pending):
+            out.extend(self._flush_pending(state, actor, Severity.WARNING))
+        # Reads whose newer write ended on another thread just after them are caught here.
+        late = detect_stale_reads(
+            history, self._consistency_of, clock_skew_ms=self.limits.clock_skew_ms
+        )
+        for anomaly in self._fresh(state, late):
+            acted = _acted_after(history, anomaly)
+            out.append(anomaly.with_severity(Severity.ERROR if acted else Severity.WARNING))
+        out.extend(self._fresh(state, detect_divergent_views(history)))
+        out.extend(self._fresh(state, detect_lost_updates(history)))
+        out.extend(self._fresh(state, detect_orphaned_mutations(history, closed=True)))
+        return out
+
+
+def _with(history: History, obs: Observation) -> History:
+    """A view of `history` plus one in-progress observation (left out of the ledger)."""
+    copy = History(trace_id=history.trace_id, max_events_per_fact=history.max_events_per_fact)
+    copy.scopes = history.scopes
+    copy.txn_ends = history.txn_ends
+    for fact in {item.fact for item in obs.reads}:
+        for write in history.writes(fact):
+            copy.add_observation(write.obs)
+    copy.add_observation(obs)
+    return copy
+
+
+def _acted_after(history: History, anomaly: Anomaly) -> bool:
+    read = history.observations.get(anomaly.span_id)
+    if read is None:
+        return False
+    actor = actor_key(read)
+    if any(
+        actor_key(obs) == actor and _is_act(obs) and obs.start_ns >= read.end_ns
+        for obs in history.observations.values()
+    ):
+        return True
+    return any(
+        scope.kind == ScopeKind.DECISION
+        and (scope.parent_agent_scope or f"agent:{scope.agent}") == actor
+        and scope.end_ns is not None
+        and scope.end_ns >= read.end_ns
+        for scope in history.scopes.values()
+    )
+
+
+__all__ = ["AnomalyKind", "Ledger", "LedgerLimits", "LedgerStats"]

@@ -1,0 +1,603 @@
+"""StateCoherenceSpanProcessor: adapts SDK spans to the pure ledger and reports anomalies.
+
+It reads observations from span attributes (SPEC §3), attributes them to agents, feeds
+the ledger, and reports each anomaly as a span, a span event and metrics (SPEC §4). It
+never raises into the application and never blocks on I/O; our own anomaly spans are
+never fed back into detection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+from . import attributes as A
+from . import runtime
+from .config import Settings, get_settings
+from .errors import StaleReadError
+from .ledger import Ledger, LedgerLimits
+from .model import (
+    Anomaly,
+    AnomalyKind,
+    FactVersion,
+    Observation,
+    Op,
+    Scope,
+    ScopeKind,
+    Tier,
+    TxnEnd,
+    VersionError,
+    parse_version,
+)
+
+_log = logging.getLogger(__name__)
+
+# Spans that open an agent scope when they carry gen_ai.agent.* (GenAI conventions).
+_AGENT_OPERATIONS = ("invoke_agent", "create_agent")
+# LangGraph and similar frameworks name the node that runs; a hint when nothing else does.
+_FRAMEWORK_AGENT_HINTS = ("langgraph.node", "graph.node.name")
+_MAX_OPEN_SPANS = 200_000
+_SWEEP_EVERY_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    """What a span inherits: its agent and the scopes it sits in."""
+
+    trace_id: str
+    agent: str | None
+    agent_scope: str | None
+    decision: str | None
+    mutation: str | None
+    parent: str | None
+    scope_kind: ScopeKind | None
+    local_root: bool
+
+
+def _hex_span(value: int) -> str:
+    return format(value, "016x")
+
+
+def _hex_trace(value: int) -> str:
+    return format(value, "032x")
+
+
+def _context(span: ReadableSpan) -> SpanContext:
+    context = span.get_span_context()
+    if context is None:  # never for SDK spans; keeps the type honest
+        return trace.INVALID_SPAN_CONTEXT
+    return context
+
+
+def _is_ours(span: ReadableSpan) -> bool:
+    scope = span.instrumentation_scope
+    return (
+        scope is not None
+        and scope.name == A.SCOPE_NAME
+        and span.name.startswith(A.ANOMALY_SPAN_PREFIX)
+    )
+
+
+def _str(attrs: Mapping[str, Any], key: str) -> str | None:
+    value = attrs.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+class StateCoherenceSpanProcessor(SpanProcessor):
+    """Compares the state versions agents observed across one trace and reports anomalies.
+
+    Add it to an SDK TracerProvider (`provider.add_span_processor(...)`); pass that provider
+    as `tracer_provider` when it is not the global one, so anomaly spans go to its exporters.
+    Metrics go through `meter_provider`, else the global MeterProvider.
+    """
+
+    def __init__(
+        self,
+        *,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        settings: Settings | None = None,
+    ) -> None:
+        self._settings = settings
+        s = self.settings
+        self._ledger = Ledger(
+            self._consistency_of,
+            LedgerLimits(
+                max_traces=s.max_traces,
+                max_facts_per_trace=s.max_facts_per_trace,
+                max_events_per_fact=s.max_events_per_fact,
+                trace_ttl_ms=s.trace_ttl_ms,
+                clock_skew_ms=s.clock_skew_ms,
+            ),
+        )
+        self._tracer_provider = tracer_provider
+        self._tracer: trace.Tracer | None = None
+        meter = (
+            meter_provider.get_meter(A.SCOPE_NAME)
+            if meter_provider is not None
+            else metrics.get_meter(A.SCOPE_NAME)
+        )
+        self._anomalies = meter.create_counter(
+            A.METRIC_ANOMALIES, unit="{anomaly}", description="State anomalies found"
+        )
+        self._lag = meter.create_histogram(
+            A.METRIC_STALE_LAG,
+            unit="ms",
+            description="How long a newer version had been committed when a stale read missed it",
+        )
+        self._observations = meter.create_counter(
+            A.METRIC_OBSERVATIONS, unit="{observation}", description="State observations"
+        )
+        self._open: dict[int, _Ctx] = {}
+        self._live: dict[int, Span] = {}  # scope spans and local roots, for span events
+        self._early_closed: set[int] = set()
+        self._lock = threading.Lock()
+        self._next_sweep = time.monotonic() + _SWEEP_EVERY_S
+        self._pid = str(os.getpid())
+        self._shutdown = False
+        runtime.register(self)
+
+    # ------------------------------------------------------------------ settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings if self._settings is not None else get_settings()
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    def _consistency_of(self, fact: str) -> Any:
+        return self.settings.consistency_for(fact)
+
+    # ------------------------------------------------------------------ SpanProcessor
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        try:
+            self._on_start(span)
+        except Exception:
+            _log.debug("on_start failed", exc_info=True)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._on_end(span)
+        except Exception:
+            _log.debug("on_end failed", exc_info=True)
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        try:
+            self._emit(self._ledger.close_all())
+        except Exception:
+            _log.debug("shutdown flush failed", exc_info=True)
+        runtime.unregister(self)
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+    # ------------------------------------------------------------------ attribution
+
+    def _on_start(self, span: Span) -> None:
+        if _is_ours(span):
+            return
+        context = _context(span)
+        attrs = span.attributes or {}
+        parent = span.parent
+        inherited = (
+            self._open.get(parent.span_id) if parent is not None and not parent.is_remote else None
+        )
+        trace_id = _hex_trace(context.trace_id)
+        span_id = _hex_span(context.span_id)
+        scope_kind = self._scope_kind(attrs)
+        agent = inherited.agent if inherited else None
+        agent_scope = inherited.agent_scope if inherited else None
+        decision = inherited.decision if inherited else None
+        mutation = inherited.mutation if inherited else None
+        if scope_kind == ScopeKind.AGENT:
+            agent = self._agent_name(attrs) or agent
+            agent_scope = span_id
+            decision = mutation = None
+        elif scope_kind == ScopeKind.DECISION:
+            decision = span_id
+        elif scope_kind == ScopeKind.MUTATION:
+            mutation = span_id
+        if agent is None:
+            hint = next((_str(attrs, k) for k in _FRAMEWORK_AGENT_HINTS if _str(attrs, k)), None)
+            agent = hint
+        ctx = _Ctx(
+            trace_id=trace_id,
+            agent=agent,
+            agent_scope=agent_scope,
+            decision=decision,
+            mutation=mutation,
+            parent=_hex_span(parent.span_id) if parent is not None else None,
+            scope_kind=scope_kind,
+            local_root=parent is None or parent.is_remote,
+        )
+        with self._lock:
+            if len(self._open) < _MAX_OPEN_SPANS:
+                self._open[context.span_id] = ctx
+            if scope_kind is not None or ctx.local_root:
+                self._live[context.span_id] = span
+        if A.STORE in attrs and A.GEN_AI_AGENT_NAME not in attrs:
+            span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
+        if scope_kind is not None:
+            self._emit(
+                self._ledger.add_scope(self._scope(span, ctx, scope_kind, agent, end_ns=None))
+            )
+
+    @staticmethod
+    def _scope_kind(attrs: Mapping[str, Any]) -> ScopeKind | None:
+        declared = _str(attrs, A.SCOPE)
+        if declared in ("agent", "decision", "mutation", "workflow"):
+            return ScopeKind(declared)
+        operation = _str(attrs, A.GEN_AI_OPERATION_NAME)
+        if operation in _AGENT_OPERATIONS and (
+            A.GEN_AI_AGENT_NAME in attrs or A.GEN_AI_AGENT_ID in attrs
+        ):
+            return ScopeKind.AGENT
+        if operation is None and A.STORE not in attrs and A.GEN_AI_AGENT_NAME in attrs:
+            return ScopeKind.AGENT
+        return None
+
+    @staticmethod
+    def _agent_name(attrs: Mapping[str, Any]) -> str | None:
+        return _str(attrs, A.GEN_AI_AGENT_NAME) or _str(attrs, A.GEN_AI_AGENT_ID)
+
+    @staticmethod
+    def _service(span: ReadableSpan) -> str:
+        resource = span.resource
+        name = resource.attributes.get("service.name") if resource is not None else None
+        return str(name) if name else "unknown_service"
+
+    def _process(self, span: ReadableSpan) -> str:
+        resource = span.resource
+        if resource is not None:
+            instance = resource.attributes.get("service.instance.id")
+            if instance:
+                return str(instance)
+        return f"{self._service(span)}/{self._pid}"
+
+    def _scope(
+        self,
+        span: ReadableSpan,
+        ctx: _Ctx,
+        kind: ScopeKind,
+        agent: str | None,
+        end_ns: int | None,
+        failed: bool = False,
+    ) -> Scope:
+        attrs = span.attributes or {}
+        name = (
+            _str(attrs, A.MUTATION_NAME)
+            or _str(attrs, A.DECISION_INTENT)
+            or self._agent_name(attrs)
+            or span.name
+        )
+        parent_agent = ctx.agent_scope if kind != ScopeKind.AGENT else None
+        return Scope(
+            span_id=_hex_span(_context(span).span_id),
+            trace_id=ctx.trace_id,
+            kind=kind,
+            agent=agent or self._service(span),
+            start_ns=span.start_time or 0,
+            end_ns=end_ns,
+            failed=failed,
+            parent_agent_scope=parent_agent,
+            name=name,
+        )
+
+    # ------------------------------------------------------------------ ingestion
+
+    def _on_end(self, span: ReadableSpan) -> None:
+        if _is_ours(span):
+            return
+        context = _context(span)
+        with self._lock:
+            ctx = self._open.pop(context.span_id, None)
+            self._live.pop(context.span_id, None)
+            early = context.span_id in self._early_closed
+            self._early_closed.discard(context.span_id)
+        if ctx is None:
+            ctx = self._fallback_ctx(span)
+        found: list[Anomaly] = []
+        attrs = span.attributes or {}
+        if A.OP in attrs:
+            obs = self._observation(span, ctx)
+            if obs is not None:
+                self._count(obs)
+                found.extend(self._ledger.add_observation(obs))
+        outcome = _str(attrs, A.TXN_OUTCOME)
+        txn_id = _str(attrs, A.TXN_ID)
+        if outcome in ("commit", "rollback") and txn_id:
+            found.extend(
+                self._ledger.add_txn_end(
+                    TxnEnd(
+                        txn_id=txn_id,
+                        span_id=_hex_span(context.span_id),
+                        trace_id=ctx.trace_id,
+                        outcome=outcome,  # type: ignore[arg-type]
+                        end_ns=span.end_time or 0,
+                        agent=ctx.agent or "",
+                    )
+                )
+            )
+        if ctx.scope_kind is not None and not early:
+            found.extend(self._ledger.add_scope(self._ended_scope(span, ctx)))
+        if ctx.local_root and not early:
+            found.extend(self._ledger.close_trace(ctx.trace_id))
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + _SWEEP_EVERY_S
+            found.extend(self._ledger.close_expired())
+        self._emit(found)
+
+    def _ended_scope(self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None) -> Scope:
+        assert ctx.scope_kind is not None
+        attrs = span.attributes or {}
+        failed = span.status.status_code == StatusCode.ERROR or any(
+            event.name == "exception" for event in span.events
+        )
+        if _str(attrs, A.MUTATION_OUTCOME) == "rollback":
+            failed = True
+        return self._scope(
+            span,
+            ctx,
+            ctx.scope_kind,
+            ctx.agent,
+            end_ns=end_ns if end_ns is not None else span.end_time or 0,
+            failed=failed,
+        )
+
+    def _fallback_ctx(self, span: ReadableSpan) -> _Ctx:
+        attrs = span.attributes or {}
+        parent = span.parent
+        kind = self._scope_kind(attrs)
+        span_id = _hex_span(_context(span).span_id)
+        return _Ctx(
+            trace_id=_hex_trace(_context(span).trace_id),
+            agent=self._agent_name(attrs),
+            agent_scope=span_id if kind == ScopeKind.AGENT else None,
+            decision=None,
+            mutation=None,
+            parent=_hex_span(parent.span_id) if parent is not None else None,
+            scope_kind=kind,
+            local_root=parent is None or parent.is_remote,
+        )
+
+    def _observation(
+        self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None
+    ) -> Observation | None:
+        attrs = span.attributes or {}
+        try:
+            op = Op(_str(attrs, A.OP) or "")
+        except ValueError:
+            _log.debug("span %s has an unknown %s", span.name, A.OP)
+            return None
+        try:
+            tier = Tier(_str(attrs, A.TIER) or "primary")
+        except ValueError:
+            tier = Tier.PRIMARY
+        reads = _pairs(attrs.get(A.READ_FACTS), attrs.get(A.READ_VERSIONS))
+        writes = _pairs(attrs.get(A.WRITE_FACTS), attrs.get(A.WRITE_VERSIONS))
+        committed = attrs.get(A.COMMITTED)
+        failed = span.status.status_code == StatusCode.ERROR if end_ns is None else False
+        agent = ctx.agent or _str(attrs, A.GEN_AI_AGENT_NAME) or self._service(span)
+        return Observation(
+            span_id=_hex_span(_context(span).span_id),
+            trace_id=ctx.trace_id,
+            agent=agent,
+            op=op,
+            start_ns=span.start_time or 0,
+            end_ns=end_ns if end_ns is not None else span.end_time or 0,
+            reads=reads,
+            writes=writes,
+            store=_str(attrs, A.STORE) or "unknown",
+            tier=tier,
+            agent_scope=ctx.agent_scope,
+            decision=ctx.decision,
+            mutation=ctx.mutation,
+            txn_id=_str(attrs, A.TXN_ID),
+            committed=committed if isinstance(committed, bool) else True,
+            failed=failed,
+            process=self._process(span),
+        )
+
+    def _count(self, obs: Observation) -> None:
+        self._observations.add(1, {"op": obs.op.value, "store": obs.store, "tier": obs.tier.value})
+
+    # ------------------------------------------------------------------ API hooks
+
+    def before_scope_end(self, span: Any, failed: bool) -> None:
+        """Called by our own scopes just before they end, while the span can still take events.
+
+        Decisions record their inputs; local roots close the trace now, so anomalies found at
+        close still have an open span to carry their events.
+        """
+        try:
+            self._before_scope_end(span, failed)
+        except Exception:
+            _log.debug("before_scope_end failed", exc_info=True)
+
+    def _before_scope_end(self, span: Span, failed: bool) -> None:
+        span_id = _context(span).span_id
+        with self._lock:
+            ctx = self._open.get(span_id)
+        if ctx is None or ctx.scope_kind is None:
+            return
+        if ctx.scope_kind == ScopeKind.DECISION:
+            inputs = self._ledger.decision_inputs(ctx.trace_id, _hex_span(span_id))
+            span.set_attribute(A.DECISION_INPUTS, inputs)
+        now = time.time_ns()
+        scope = self._ended_scope(span, ctx, end_ns=now)
+        if failed:
+            scope = replace(scope, failed=True)
+        found = self._ledger.add_scope(scope)
+        if ctx.local_root:
+            found.extend(self._ledger.close_trace(ctx.trace_id))
+        with self._lock:
+            self._early_closed.add(span_id)
+        self._emit(found)
+
+    def guard_read(self, span: Any) -> None:
+        """Raise mode: check the read on the still-open `span` before its value is returned."""
+        if self.settings.on_anomaly != "raise" or not isinstance(span, Span):
+            return
+        attrs = span.attributes or {}
+        if not attrs.get(A.READ_FACTS):
+            return
+        with self._lock:
+            ctx = self._open.get(_context(span).span_id)
+        if ctx is None:
+            ctx = self._fallback_ctx(span)
+        obs = self._observation(span, ctx, end_ns=time.time_ns())
+        if obs is None:
+            return
+        found = [a for a in self._ledger.check_read(obs) if a.kind == AnomalyKind.STALE_READ]
+        if not found:
+            return
+        self._emit(found)
+        raise StaleReadError(found[0])
+
+    def decision_inputs(self, span: Any) -> list[str]:
+        context = _context(span)
+        return self._ledger.decision_inputs(
+            _hex_trace(context.trace_id), _hex_span(context.span_id)
+        )
+
+    # ------------------------------------------------------------------ reporting
+
+    def _get_tracer(self) -> trace.Tracer:
+        if self._tracer is None:
+            provider = self._tracer_provider or trace.get_tracer_provider()
+            self._tracer = provider.get_tracer(A.SCOPE_NAME)
+        return self._tracer
+
+    def _emit(self, anomalies: Sequence[Anomaly]) -> None:
+        for anomaly in anomalies:
+            try:
+                self._report(anomaly)
+            except Exception:
+                _log.debug("reporting %s failed", anomaly.kind, exc_info=True)
+
+    def _report(self, anomaly: Anomaly) -> None:
+        attributes = anomaly_attributes(anomaly)
+        trace_id = int(anomaly.trace_id, 16)
+        parent = SpanContext(
+            trace_id=trace_id,
+            span_id=int(anomaly.span_id, 16),
+            is_remote=False,
+            trace_flags=TraceFlags(TraceFlags.SAMPLED),
+        )
+        links = [
+            Link(
+                SpanContext(
+                    trace_id=trace_id,
+                    span_id=int(evidence, 16),
+                    is_remote=False,
+                    trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                ),
+                {"agentstate.evidence": True},
+            )
+            for evidence in anomaly.evidence_span_ids
+        ]
+        anomaly_span = self._get_tracer().start_span(
+            f"{A.ANOMALY_SPAN_PREFIX} {anomaly.kind.value}",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(parent)),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=links,
+        )
+        if anomaly.severity.value == "error":
+            anomaly_span.set_status(Status(StatusCode.ERROR, anomaly.summary))
+        anomaly_span.end()
+        target = self._event_target(anomaly)
+        if target is not None:
+            target.add_event(A.ANOMALY_EVENT, attributes)
+        labels = {
+            "kind": anomaly.kind.value,
+            "store": anomaly.store,
+            "agent": anomaly.agents[0] if anomaly.agents else "unknown",
+            "fact_rule": anomaly.fact_rule or self._rule_name(anomaly.fact),
+        }
+        self._anomalies.add(1, labels)
+        if anomaly.kind == AnomalyKind.STALE_READ and anomaly.lag_ms is not None:
+            self._lag.record(
+                max(anomaly.lag_ms, 0.0), {"store": anomaly.store, "fact_rule": labels["fact_rule"]}
+            )
+
+    def _rule_name(self, fact: str) -> str:
+        rule = self.settings.rule_for_fact(fact)
+        return rule.name if rule is not None else "unmatched"
+
+    def _event_target(self, anomaly: Anomaly) -> Span | None:
+        """The still-open agent span, else the nearest open ancestor scope or local root."""
+        with self._lock:
+            if anomaly.agent_scope is not None:
+                live = self._live.get(int(anomaly.agent_scope, 16))
+                if live is not None and live.is_recording():
+                    return live
+            span_id: str | None = anomaly.agent_scope or anomaly.span_id
+            for _ in range(64):
+                if span_id is None:
+                    break
+                ctx = self._open.get(int(span_id, 16))
+                if ctx is None:
+                    break
+                live = self._live.get(int(span_id, 16))
+                if live is not None and live.is_recording():
+                    return live
+                span_id = ctx.parent
+            for candidate in self._live.values():
+                context = candidate.get_span_context()
+                if (
+                    _hex_trace(context.trace_id) == anomaly.trace_id
+                    and candidate.is_recording()
+                    and candidate.parent is None
+                ):
+                    return candidate
+        return None
+
+
+def _pairs(facts: object, versions: object) -> tuple[FactVersion, ...]:
+    if not isinstance(facts, Sequence) or not isinstance(versions, Sequence):
+        return ()
+    if isinstance(facts, str) or isinstance(versions, str):
+        return ()
+    out = []
+    for fact, version in zip(facts, versions, strict=False):
+        if not isinstance(fact, str) or not isinstance(version, str):
+            continue
+        try:
+            out.append(FactVersion(fact, parse_version(version)))
+        except VersionError:
+            _log.debug("ignoring bad version %r of %s", version, fact)
+    return tuple(out)
+
+
+def anomaly_attributes(anomaly: Anomaly) -> dict[str, Any]:
+    """The SPEC §4 attributes shared by the anomaly span and the span event."""
+    attrs: dict[str, Any] = {
+        A.ANOMALY_KIND: anomaly.kind.value,
+        A.ANOMALY_FACT: anomaly.fact,
+        A.ANOMALY_OBSERVED: anomaly.observed_version,
+        A.ANOMALY_EXPECTED: anomaly.expected_version,
+        A.ANOMALY_AGENTS: list(anomaly.agents),
+        A.ANOMALY_SEVERITY: anomaly.severity.value,
+        A.ANOMALY_SUMMARY: anomaly.summary,
+    }
+    if anomaly.lag_ms is not None:
+        attrs[A.ANOMALY_LAG_MS] = anomaly.lag_ms
+    return attrs
