@@ -8,6 +8,7 @@ opentelemetry-distro's stays the one that runs.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import sys
 from typing import Any
@@ -50,4 +51,7 @@ def install_processor(tracer_provider: Any = None) -> Any:
     processor = StateCoherenceSpanProcessor(tracer_provider=provider)
     provider.add_span_processor(processor)
     setattr(provider, _INSTALLED_FLAG, processor)
+    # atexit runs last-registered first: this closes live traces (reporting scopes that never
+    # ended) before the provider's own exit hook shuts its exporters down.
+    atexit.register(processor.close_all_traces)
     return processor

@@ -62,6 +62,7 @@ class _Ctx:
     parent: str | None
     scope_kind: ScopeKind | None
     local_root: bool
+    born: float = 0.0  # monotonic time of on_start, to forget spans that never end
 
 
 def _hex_span(value: int) -> str:
@@ -174,14 +175,18 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         except Exception:
             _log.debug("on_end failed", exc_info=True)
 
+    def close_all_traces(self) -> None:
+        """Judge every live trace now, as at process exit (open scopes count as abandoned)."""
+        try:
+            self._emit(self._ledger.close_all())
+        except Exception:
+            _log.debug("closing live traces failed", exc_info=True)
+
     def shutdown(self) -> None:
         if self._shutdown:
             return
         self._shutdown = True
-        try:
-            self._emit(self._ledger.close_all())
-        except Exception:
-            _log.debug("shutdown flush failed", exc_info=True)
+        self.close_all_traces()
         runtime.unregister(self)
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -225,12 +230,13 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             parent=_hex_span(parent.span_id) if parent is not None else None,
             scope_kind=scope_kind,
             local_root=parent is None or parent.is_remote,
+            born=time.monotonic(),
         )
         with self._lock:
             if len(self._open) < _MAX_OPEN_SPANS:
                 self._open[context.span_id] = ctx
-            if scope_kind is not None or ctx.local_root:
-                self._live[context.span_id] = span
+                if scope_kind is not None or ctx.local_root:
+                    self._live[context.span_id] = span
         if A.STORE in attrs and A.GEN_AI_AGENT_NAME not in attrs:
             span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
         if scope_kind is not None:
@@ -342,7 +348,18 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY_S
             found.extend(self._ledger.close_expired())
+            self._forget_stale_spans(now)
         self._emit(found)
+
+    def _forget_stale_spans(self, now: float) -> None:
+        """Spans open longer than the trace TTL are never ending: stop tracking them."""
+        horizon = now - self.settings.trace_ttl_ms / 1000
+        with self._lock:
+            stale = [key for key, ctx in self._open.items() if ctx.born < horizon]
+            for key in stale:
+                del self._open[key]
+                self._live.pop(key, None)
+                self._early_closed.discard(key)
 
     def _ended_scope(self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None) -> Scope:
         assert ctx.scope_kind is not None
