@@ -1,0 +1,1189 @@
+"""State-aware instrumentation of the standard library's `sqlite3` (SPEC §3).
+
+`SQLite3Instrumentor().instrument(tracer_provider=...)` wraps `sqlite3.connect` so every
+connection is a proxy whose cursors are proxies too. Each statement gets one CLIENT span with
+the database semantic conventions plus the facts it read or wrote and their versions:
+
+- reads record only the rows the application fetched, and the SELECT span stays open until
+  the result is consumed (exhausted, fetchall, a short fetchmany, close, next execute, GC);
+- writes pinned by primary key are followed by an untraced `SELECT *` of the row on the same
+  connection, giving the version each row now has (`none` once deleted);
+- transactions (implicit or explicit) are mutation scopes: writes carry `agentstate.txn.id`
+  and `agentstate.committed`, and the span that ends the transaction its outcome.
+
+Nothing of ours ever raises into the application except `StaleReadError` from the read
+guard; the application's own sqlite3 errors propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import queue
+import secrets
+import sqlite3
+import threading
+import uuid
+import weakref
+from collections import OrderedDict, deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import PurePath
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .. import __version__, runtime
+from .. import attributes as A
+from ..config import FactRule, Settings, get_settings
+from ..errors import StaleReadError
+from ._sql import Statement, Value, analyse, split_statements
+
+_log = logging.getLogger(__name__)
+
+STORE = "sqlite"
+_VERSION = __version__
+_CONTRIB_PREFIX = "opentelemetry.instrumentation."
+_ROWID_ALIASES = ("rowid", "oid", "_rowid_")
+_MAX_FACTS = 10_000
+_STATES_PER_FACT = 8
+_MAX_ROWS_PER_SPAN = 1_000  # facts recorded on one span; later rows are not tracked
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def _encode(value: object) -> bytes:
+    """Canonical, type-tagged, length-prefixed encoding of one SQL value (never exported)."""
+    if value is None:
+        tag, body = b"N", b""
+    elif isinstance(value, bool):
+        tag, body = b"i", str(int(value)).encode()
+    elif isinstance(value, int):
+        tag, body = b"i", str(value).encode()
+    elif isinstance(value, float):
+        tag, body = b"f", value.hex().encode()
+    elif isinstance(value, str):
+        tag, body = b"s", value.encode("utf-8", "surrogatepass")
+    elif isinstance(value, (bytes, bytearray, memoryview)):
+        tag, body = b"b", bytes(value)
+    else:
+        tag, body = b"o", f"{type(value).__qualname__}:{value!r}".encode("utf-8", "replace")
+    return tag + str(len(body)).encode() + b":" + body
+
+
+def _row_bytes(kind: bytes, values: Mapping[str, object]) -> bytes:
+    parts = [kind]
+    for name in sorted(values):
+        encoded = name.encode("utf-8", "surrogatepass")
+        parts.append(str(len(encoded)).encode() + b":" + encoded + _encode(values[name]))
+    return b"".join(parts)
+
+
+def _column_digests(settings: Settings, values: Mapping[str, object]) -> dict[str, str]:
+    return {
+        name: settings.digest(_row_bytes(b"c", {name: value})) for name, value in values.items()
+    }
+
+
+def _version_value(settings: Settings, value: object) -> str:
+    """A configured version column's value as a version string (SPEC §3 kinds)."""
+    if isinstance(value, bool):
+        return f"n:{int(value)}"
+    if isinstance(value, int):
+        return f"n:{value}"
+    if isinstance(value, float):  # epoch seconds
+        return f"t:{round(value * 1e9)}"
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return f"n:{int(text)}"
+        try:
+            parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            parsed = None
+        if parsed is not None and parsed.tzinfo is not None:
+            return f"t:{text}"
+    if isinstance(value, _dt.datetime) and value.tzinfo is not None:
+        return f"t:{value.isoformat()}"
+    return settings.digest(_row_bytes(b"v", {"": value}))
+
+
+def _key_part(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        text = bytes(value).hex()
+    elif value is None:
+        text = "null"
+    else:
+        text = str(value)
+    # `/` separates key segments and `,` composite key parts.
+    return text.replace("%", "%25").replace("/", "%2F").replace(",", "%2C")
+
+
+# --------------------------------------------------------------------------- row-state cache
+
+
+class RowStateCache:
+    """Per-column digests of recent row states, so a projection read maps to a full version.
+
+    Bounded LRU (facts x states); holds only keyed digests, never values. Entries made
+    under another digest key are dropped when the settings change.
+    """
+
+    def __init__(self, max_facts: int = _MAX_FACTS, depth: int = _STATES_PER_FACT) -> None:
+        self._max = max_facts
+        self._depth = depth
+        self._lock = threading.Lock()
+        self._data: OrderedDict[str, deque[tuple[str, dict[str, str]]]] = OrderedDict()
+        self._key: bytes | None = None
+
+    def _check(self, settings: Settings) -> None:
+        if self._key != settings.digest_key:
+            self._data.clear()
+            self._key = settings.digest_key
+
+    def add(self, settings: Settings, fact: str, version: str, digests: dict[str, str]) -> None:
+        with self._lock:
+            self._check(settings)
+            states = self._data.get(fact)
+            if states is None:
+                states = self._data[fact] = deque(maxlen=self._depth)
+            self._data.move_to_end(fact)
+            if states and states[-1] == (version, digests):
+                return
+            states.append((version, digests))
+            while len(self._data) > self._max:
+                self._data.popitem(last=False)
+
+    def match(self, settings: Settings, fact: str, digests: dict[str, str]) -> str | None:
+        """The newest known state of `fact` whose columns match `digests`."""
+        with self._lock:
+            self._check(settings)
+            states = self._data.get(fact)
+            if not states:
+                return None
+            self._data.move_to_end(fact)
+            for version, known in reversed(states):
+                if all(known.get(name) == digest for name, digest in digests.items()):
+                    return version
+            return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._data.clear()
+
+
+row_states = RowStateCache()
+
+
+# --------------------------------------------------------------------------- connection state
+
+
+@dataclass(frozen=True, slots=True)
+class _Table:
+    name: str  # as declared
+    columns: tuple[str, ...]  # lower case, table order
+    pk: tuple[str, ...]  # lower case, key order; empty: rowid table
+    integer_pk: bool  # single INTEGER PRIMARY KEY (a rowid alias)
+
+
+@dataclass
+class _ConnState:
+    tracer: trace.Tracer
+    raw: Any  # the innermost sqlite3.Connection, for our own untraced queries
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    databases: dict[str, str] | None = None  # schema -> namespace
+    tables: dict[tuple[str, str], _Table | None] = field(default_factory=dict)
+    txn_id: str | None = None
+    txn_writes: bool = False
+    closed: bool = False
+
+    def namespace(self, schema: str | None = None) -> str:
+        with self.lock:
+            if self.databases is None:
+                self.databases = {}
+                try:
+                    with _suppressed():
+                        rows = self.raw.execute("PRAGMA database_list").fetchall()
+                    for row in rows:
+                        name, path = str(row[1]), str(row[2] or "")
+                        self.databases[name.lower()] = PurePath(path).stem if path else "memory"
+                except Exception:
+                    _log.debug("database_list failed", exc_info=True)
+            found = self.databases.get((schema or "main").lower())
+            return found or (schema.lower() if schema else "main")
+
+    def table(self, schema: str | None, name: str) -> _Table | None:
+        key = ((schema or "main").lower(), name.lower())
+        with self.lock:
+            if key in self.tables:
+                return self.tables[key]
+            try:
+                info = self._load_table(schema, name)
+            except Exception:  # e.g. database locked: try again next time, cache nothing
+                _log.debug("table_info failed for %s", name, exc_info=True)
+                return None
+            if len(self.tables) > 1_000:
+                self.tables.clear()
+            self.tables[key] = info
+            return info
+
+    def _load_table(self, schema: str | None, name: str) -> _Table | None:
+        prefix = _quote(schema) + "." if schema else ""
+        master = "sqlite_temp_master" if (schema or "").lower() == "temp" else "sqlite_master"
+        with _suppressed():
+            found = self.raw.execute(
+                f"SELECT name FROM {prefix}{master} "
+                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
+                (name,),
+            ).fetchone()
+            if found is None:
+                return None
+            rows = self.raw.execute(f"PRAGMA {prefix}table_info({_quote(name)})").fetchall()
+        columns = tuple(str(row[1]).lower() for row in rows)
+        keyed = sorted((int(row[5]), str(row[1]).lower(), str(row[2])) for row in rows if row[5])
+        pk = tuple(col for _, col, _ in keyed)
+        integer_pk = len(keyed) == 1 and keyed[0][2].strip().upper() == "INTEGER"
+        return _Table(str(found[0]), columns, pk, integer_pk)
+
+    def forget_tables(self) -> None:
+        with self.lock:
+            self.tables.clear()
+            self.databases = None
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@contextmanager
+def _suppressed(span: Span | None = None) -> Iterator[None]:
+    """Run sqlite3 with instrumentation suppressed (no duplicate inner spans), `span` current."""
+    ctx = otel_context.get_current()
+    if span is not None:
+        ctx = trace.set_span_in_context(span, ctx)
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _innermost(obj: Any) -> Any:
+    """Follow proxy `__wrapped__` chains (ours, contrib's) down to the sqlite3 object."""
+    seen = 0
+    while not isinstance(obj, (sqlite3.Connection, sqlite3.Cursor)) and seen < 16:
+        inner = getattr(obj, "__wrapped__", None)
+        if inner is None:
+            break
+        obj = inner
+        seen += 1
+    return obj
+
+
+def _contrib_span(span: Span) -> bool:
+    """A recording database span made by an opentelemetry-python-contrib instrumentation."""
+    try:
+        if not span.is_recording():
+            return False
+        scope = getattr(span, "instrumentation_scope", None)
+        name = getattr(scope, "name", "") or ""
+        attrs = getattr(span, "attributes", None) or {}
+        return bool(
+            name.startswith(_CONTRIB_PREFIX) and ("db.system" in attrs or "db.system.name" in attrs)
+        )
+    except Exception:
+        return False
+
+
+# --------------------------------------------------------------------------- observations
+
+
+_OPS = {
+    "SELECT": "read",
+    "INSERT": "write",
+    "REPLACE": "write",
+    "UPDATE": "write",
+    "DELETE": "delete",
+}
+
+
+class _Observation:
+    """One statement's span: ours (we end it) or a contrib span we annotate."""
+
+    def __init__(self, state: _ConnState, stmt: Statement, name: str | None = None) -> None:
+        self.state = state
+        self.stmt = stmt
+        self.lock = threading.Lock()
+        self.ended = False
+        self.tier_set = False
+        namespace = state.namespace(stmt.schema)
+        self.namespace = namespace
+        table = state.table(stmt.schema, stmt.table) if stmt.table else None
+        self.table = table
+        summary = name or stmt.summary
+        attrs: dict[str, Any] = {
+            A.STORE: STORE,
+            A.DB_SYSTEM_NAME: STORE,
+            A.DB_NAMESPACE: namespace,
+            A.DB_OPERATION_NAME: stmt.operation,
+            A.DB_QUERY_SUMMARY: summary,
+        }
+        if stmt.table:
+            attrs[A.DB_COLLECTION_NAME] = table.name if table else stmt.table
+        op = _OPS.get(stmt.operation)
+        if op is not None:
+            attrs[A.OP] = op
+            attrs[A.TIER] = "primary"
+        current = trace.get_current_span()
+        if _contrib_span(current):
+            self.span = current
+            self.own = False
+            for key, value in attrs.items():
+                current.set_attribute(key, value)
+        else:
+            self.span = state.tracer.start_span(summary, kind=SpanKind.CLIENT, attributes=attrs)
+            self.own = True
+        self.read_facts: dict[str, str] = {}
+        self.rows_seen = 0
+
+    def fact(self, settings: Settings, physical: str) -> tuple[str, FactRule | None]:
+        resolved = settings.resolve(physical)
+        if not self.tier_set and resolved.rule is not None:
+            self.tier_set = True
+            self.span.set_attribute(A.TIER, resolved.tier or "primary")
+        return resolved.key, resolved.rule
+
+    def physical(self, pk_values: Sequence[object]) -> str:
+        table = self.table.name if self.table else (self.stmt.table or "")
+        key = ",".join(_key_part(v) for v in pk_values)
+        return f"{STORE}:{self.namespace}/{table}/{key}"
+
+    def table_key(self) -> str:
+        table = self.table.name if self.table else (self.stmt.table or "")
+        return f"{STORE}:{self.namespace}/{table}"
+
+    def unresolved(self, reason: str) -> None:
+        self.span.set_attribute(A.UNRESOLVED, reason)
+
+    def record_reads(self) -> None:
+        if not self.span.is_recording():  # an annotated contrib span may have ended already
+            return
+        self.span.set_attribute(A.READ_FACTS, list(self.read_facts))
+        self.span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
+
+    def fail(self, exc: BaseException) -> None:
+        try:
+            if self.own or self.span.is_recording():
+                self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                self.span.record_exception(exc)
+            self.end()
+        except Exception:
+            _log.debug("recording the error failed", exc_info=True)
+
+    def end(self) -> None:
+        with self.lock:
+            if self.ended:
+                return
+            self.ended = True
+        if self.own:
+            self.span.end()
+
+
+def _full_version(
+    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
+) -> str:
+    """Version of a complete row state; remembers its column digests for projection reads."""
+    column = rule.version.column.lower() if rule and rule.version.column else None
+    if column is not None and column in values:
+        version = _version_value(settings, values[column])
+    else:
+        version = settings.digest(_row_bytes(b"r", values))
+    row_states.add(settings, physical, version, _column_digests(settings, values))
+    return version
+
+
+def _projection_version(
+    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
+) -> str:
+    column = rule.version.column.lower() if rule and rule.version.column else None
+    if column is not None and column in values:
+        return _version_value(settings, values[column])
+    known = row_states.match(settings, physical, _column_digests(settings, values))
+    return known if known is not None else settings.digest(_row_bytes(b"p", values))
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def _where_pk(
+    stmt: Statement, pk: tuple[str, ...], params: object
+) -> tuple[list[object] | None, bool]:
+    """(pk values pinned by the WHERE equalities, whether that makes it a point lookup)."""
+    if not pk:
+        return None, False
+    pins: dict[str, Value] = {}
+    for column, value in stmt.where:
+        pins.setdefault(column.lower(), value)
+    values: list[object] = []
+    for column in pk:
+        names = _ROWID_ALIASES if column == "rowid" else (column,)
+        pin = next((pins[n] for n in names if n in pins), None)
+        if pin is None:
+            return None, False
+        found, resolved = pin.resolve(params)
+        if not found:
+            return None, False
+        values.append(resolved)
+    return values, True
+
+
+class _Read:
+    """An open SELECT observation: facts are added as the application fetches rows."""
+
+    def __init__(self, obs: _Observation, params: object, description: Any) -> None:
+        self.obs = obs
+        stmt = obs.stmt
+        table = obs.table
+        self.columns: list[str | None] = []
+        self.names: list[str] = []
+        self.pk: tuple[str, ...] = ()
+        self.where_pk: list[object] | None = None
+        self.point = False
+        self.trackable = False
+        self.fetched_any = False
+        self.full = False
+        self.reason: str | None = None
+        names = [str(d[0]) for d in description] if description else []
+        self.names = names
+        if stmt.unresolved:
+            self.reason = stmt.unresolved
+        elif table is None:
+            self.reason = "unknown table"
+        else:
+            if stmt.star and len(stmt.projection) == 1:
+                mapped: list[str | None] = [n.lower() for n in names]
+            elif len(stmt.projection) == len(names) and not stmt.star:
+                mapped = [c.lower() if c else None for c in stmt.projection]
+            else:
+                mapped = [n.lower() if n.lower() in table.columns else None for n in names]
+            self.columns = [
+                c if c is not None and (c in table.columns or c in _ROWID_ALIASES) else None
+                for c in mapped
+            ]
+            self.pk = table.pk or ("rowid",)
+            self.where_pk, pinned = _where_pk(stmt, self.pk, params)
+            self.point = pinned and stmt.where_reason is None
+            projected = set(self.columns)
+            has_pk_columns = all(
+                (c in projected) or (c == "rowid" and projected & set(_ROWID_ALIASES))
+                for c in self.pk
+            )
+            self.trackable = self.where_pk is not None or has_pk_columns
+            self.full = bool(table.columns) and set(table.columns) <= projected
+            if not self.trackable:
+                self.reason = "rows not identified by primary key"
+        if self.reason:
+            obs.unresolved(self.reason)
+
+    def rows(self, rows: Iterable[Any]) -> None:
+        if not self.trackable:
+            return
+        settings = get_settings()
+        for row in rows:
+            if self.obs.rows_seen >= _MAX_ROWS_PER_SPAN:
+                break
+            self.obs.rows_seen += 1
+            self.fetched_any = True
+            values = self._values(row)
+            if values is None:
+                continue
+            pk_values: list[object] = []
+            for column in self.pk:
+                names = _ROWID_ALIASES if column == "rowid" else (column,)
+                name = next((n for n in names if n in values), None)
+                if name is None:
+                    break
+                pk_values.append(values[name])
+            if len(pk_values) != len(self.pk):
+                if self.where_pk is None:
+                    continue
+                pk_values = list(self.where_pk)
+            physical = self.obs.physical(pk_values)
+            fact, rule = self.obs.fact(settings, physical)
+            data = {k: v for k, v in values.items() if k not in _ROWID_ALIASES or k in self.pk}
+            if self.full:
+                version = _full_version(settings, rule, physical, data)
+            else:
+                version = _projection_version(settings, rule, physical, data)
+            self.obs.read_facts.pop(fact, None)
+            self.obs.read_facts[fact] = version
+        self.obs.record_reads()
+
+    def _values(self, row: Any) -> dict[str, object] | None:
+        try:
+            if isinstance(row, Mapping):
+                items = [row.get(n) for n in self.names]
+            else:
+                items = [row[i] for i in range(len(self.names))]
+        except Exception:
+            self.obs.unresolved("row factory")
+            return None
+        return {c: v for c, v in zip(self.columns, items, strict=False) if c is not None}
+
+    def missing(self) -> None:
+        """The result ended with no row: a point lookup saw the fact absent."""
+        if self.point and not self.fetched_any and self.where_pk is not None:
+            settings = get_settings()
+            fact, _ = self.obs.fact(settings, self.obs.physical(self.where_pk))
+            self.obs.read_facts[fact] = "none"
+            self.obs.record_reads()
+
+
+# --------------------------------------------------------------------------- span reaper
+
+
+# Cursor proxies that are garbage-collected end their open SELECT span. weakref callbacks may
+# run inside any code (even a span processor holding its lock), so they only enqueue
+# (SimpleQueue.put is reentrant) and a daemon thread ends the span.
+_reap: queue.SimpleQueue[_Observation] = queue.SimpleQueue()
+_reaper_lock = threading.Lock()
+_reaper: threading.Thread | None = None
+
+
+def _reaper_loop() -> None:
+    while True:
+        obs = _reap.get()
+        try:
+            obs.end()
+        except Exception:
+            _log.debug("ending a collected cursor's span failed", exc_info=True)
+
+
+def _start_reaper() -> None:
+    global _reaper
+    with _reaper_lock:
+        if _reaper is None or not _reaper.is_alive():
+            _reaper = threading.Thread(target=_reaper_loop, name="agentstate-sqlite3", daemon=True)
+            _reaper.start()
+
+
+class _Slot:
+    """The open read of one cursor proxy, reachable from its finalizer without the proxy."""
+
+    __slots__ = ("read",)
+
+    def __init__(self) -> None:
+        self.read: _Read | None = None
+
+    def collected(self) -> None:
+        read = self.read
+        if read is not None and not read.obs.ended:
+            _reap.put(read.obs)
+
+
+# --------------------------------------------------------------------------- proxies
+
+
+class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """A sqlite3 cursor that records the facts its statements read and write."""
+
+    def __init__(self, cursor: Any, connection: TracedConnection) -> None:
+        super().__init__(cursor)
+        self._self_connection = connection
+        self._self_slot = _Slot()
+        try:
+            _start_reaper()
+            weakref.finalize(self, self._self_slot.collected)
+        except Exception:
+            _log.debug("cannot watch cursor collection", exc_info=True)
+
+    @property
+    def connection(self) -> TracedConnection:
+        return self._self_connection
+
+    # -- statements
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("execute", args, kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("executemany", args, kwargs)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> Any:
+        return self._run("executescript", args, kwargs)
+
+    def _run(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        call = getattr(self.__wrapped__, method)
+        self._finish_read()
+        if not is_instrumentation_enabled():
+            return self._same(call(*args, **kwargs))
+        state = self._self_connection._self_state
+        prepared: _Prepared | None = None
+        try:
+            prepared = _prepare(state, method, args, kwargs)
+        except Exception:
+            _log.debug("preparing the observation failed", exc_info=True)
+        if prepared is None:
+            return self._same(call(*args, **kwargs))
+        obs = prepared.obs
+        try:
+            with _suppressed(obs.span if obs.own else None):
+                result = call(*prepared.args, **kwargs)
+        except BaseException as exc:
+            _after_failure(prepared, exc)
+            raise
+        try:
+            read = _after_success(prepared, self.__wrapped__)
+            if read is not None:
+                self._self_slot.read = read
+        except Exception:
+            _log.debug("recording the statement failed", exc_info=True)
+            obs.end()
+        return self._same(result)
+
+    def _same(self, result: Any) -> Any:
+        # execute() returns the cursor itself; hand back the proxy instead.
+        return self if result is self.__wrapped__ or result is _innermost(self) else result
+
+    # -- fetching
+
+    def fetchone(self) -> Any:
+        row = self.__wrapped__.fetchone()
+        read = self._self_slot.read
+        if read is None:
+            return row
+        self._observe(read, [] if row is None else [row], done=row is None or read.point)
+        return row
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = self.__wrapped__.fetchmany(*args, **kwargs)
+        read = self._self_slot.read
+        if read is None:
+            return rows
+        size = args[0] if args else kwargs.get("size", self.__wrapped__.arraysize)
+        short = not isinstance(size, int) or len(rows) < size
+        self._observe(read, rows, done=short)
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self.__wrapped__.fetchall()
+        read = self._self_slot.read
+        if read is None:
+            return rows
+        self._observe(read, rows, done=True)
+        return rows
+
+    def __iter__(self) -> TracedCursor:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            row = self.__wrapped__.__next__()
+        except StopIteration:
+            read = self._self_slot.read
+            if read is not None:
+                self._observe(read, [], done=True)
+            raise
+        read = self._self_slot.read
+        if read is not None:
+            self._observe(read, [row], done=read.point)
+        return row
+
+    def close(self) -> Any:
+        self._finish_read()
+        return self.__wrapped__.close()
+
+    def _observe(self, read: _Read, rows: Sequence[Any], done: bool) -> None:
+        """Record fetched rows, run the read guard, end the span when the result is used up."""
+        try:
+            if rows:
+                read.rows(rows)
+            elif done:
+                read.missing()
+        except Exception:
+            _log.debug("recording fetched rows failed", exc_info=True)
+        try:
+            if rows or (done and read.obs.read_facts):
+                runtime.guard_read(read.obs.span)
+        except StaleReadError as exc:
+            read.obs.fail(exc)
+            self._self_slot.read = None
+            raise
+        except Exception:
+            _log.debug("read guard failed", exc_info=True)
+        if done:
+            self._self_slot.read = None
+            read.obs.end()
+
+    def _finish_read(self) -> None:
+        read = self._self_slot.read
+        if read is not None:
+            self._self_slot.read = None
+            try:
+                read.obs.end()
+            except Exception:
+                _log.debug("ending the read span failed", exc_info=True)
+
+
+class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
+    """A sqlite3 connection whose cursors are traced and whose transactions are scopes."""
+
+    def __init__(self, connection: Any, tracer: trace.Tracer) -> None:
+        super().__init__(connection)
+        self._self_state = _ConnState(tracer=tracer, raw=_innermost(connection))
+        try:
+            weakref.finalize(self, _connection_collected, self._self_state)
+        except Exception:
+            _log.debug("cannot watch connection collection", exc_info=True)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        cursor = self.__wrapped__.cursor(*args, **kwargs)
+        try:
+            return TracedCursor(cursor, self)
+        except Exception:
+            _log.debug("cannot wrap the cursor", exc_info=True)
+            return cursor
+
+    # Connection.execute* are shortcuts: a new cursor, then the same call on it.
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().execute(*args, **kwargs)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().executemany(*args, **kwargs)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().executescript(*args, **kwargs)
+
+    def commit(self) -> Any:
+        return _end_transaction(self._self_state, "commit", self.__wrapped__.commit)
+
+    def rollback(self) -> Any:
+        return _end_transaction(self._self_state, "rollback", self.__wrapped__.rollback)
+
+    def close(self) -> Any:
+        # Closing with an open transaction discards it: that is a rollback.
+        state = self._self_state
+        result = _end_transaction(state, "rollback", self.__wrapped__.close, closing=True)
+        state.closed = True
+        return result
+
+    def __enter__(self) -> TracedConnection:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
+        outcome = "commit" if exc_type is None else "rollback"
+        return _end_transaction(
+            self._self_state, outcome, lambda: self.__wrapped__.__exit__(exc_type, exc, tb)
+        )
+
+
+def _connection_collected(state: _ConnState) -> None:
+    """A connection proxy was collected with writes still in its transaction: discarded."""
+    if state.closed or not state.txn_writes or state.txn_id is None:
+        return
+    txn_id = state.txn_id
+    state.txn_id, state.txn_writes = None, False
+
+    def emit() -> None:
+        try:
+            span = state.tracer.start_span(
+                "ROLLBACK", kind=SpanKind.CLIENT, attributes=_txn_attrs(state, "ROLLBACK")
+            )
+            span.set_attribute(A.TXN_ID, txn_id)
+            span.set_attribute(A.TXN_OUTCOME, "rollback")
+            span.end()
+        except Exception:
+            _log.debug("reporting a discarded transaction failed", exc_info=True)
+
+    # Same reason as cursors: never emit from inside a weakref callback (it may run while a
+    # span processor holds its lock); at interpreter exit no thread starts, so emit here.
+    try:
+        threading.Thread(target=emit, name="agentstate-sqlite3-txn", daemon=True).start()
+    except Exception:
+        emit()
+
+
+def _txn_attrs(state: _ConnState, operation: str) -> dict[str, Any]:
+    namespace = state.databases.get("main", "main") if state.databases else "main"
+    return {
+        A.STORE: STORE,
+        A.DB_SYSTEM_NAME: STORE,
+        A.DB_NAMESPACE: namespace,
+        A.DB_OPERATION_NAME: operation,
+        A.DB_QUERY_SUMMARY: operation,
+    }
+
+
+def _end_transaction(
+    state: _ConnState, outcome: str, call: Callable[[], Any], closing: bool = False
+) -> Any:
+    """commit()/rollback()/`with conn:`/close(): a span when it ends a transaction with writes."""
+    if not is_instrumentation_enabled():
+        return call()
+    span: Span | None = None
+    txn_id: str | None = None
+    try:
+        with state.lock:
+            if state.txn_writes and state.txn_id and not state.closed:
+                txn_id = state.txn_id
+        if txn_id is not None and closing and not state.raw.in_transaction:
+            txn_id = None
+        if txn_id is not None:
+            state.namespace()
+            operation = "COMMIT" if outcome == "commit" else "ROLLBACK"
+            span = state.tracer.start_span(
+                operation, kind=SpanKind.CLIENT, attributes=_txn_attrs(state, operation)
+            )
+            span.set_attribute(A.TXN_ID, txn_id)
+    except Exception:
+        _log.debug("starting the transaction span failed", exc_info=True)
+    try:
+        with _suppressed(span):
+            result = call()
+    except BaseException as exc:
+        try:
+            # A failed COMMIT leaves the transaction open; anything else ended it.
+            still_open = not closing and bool(state.raw.in_transaction)
+            if span is not None:
+                if not still_open:
+                    span.set_attribute(A.TXN_OUTCOME, "rollback")
+                span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                span.record_exception(exc)
+                span.end()
+            if not still_open:
+                _txn_reset(state)
+        except Exception:
+            _log.debug("recording the failed transaction end failed", exc_info=True)
+        raise
+    try:
+        if span is not None:
+            span.set_attribute(A.TXN_OUTCOME, outcome)
+            span.end()
+        _txn_reset(state)
+    except Exception:
+        _log.debug("recording the transaction end failed", exc_info=True)
+    return result
+
+
+def _txn_reset(state: _ConnState) -> None:
+    with state.lock:
+        state.txn_id, state.txn_writes = None, False
+        try:
+            # Python >= 3.12 with autocommit=False opens the next transaction at once.
+            if not state.closed and state.raw.in_transaction:
+                state.txn_id = uuid.uuid4().hex
+        except Exception:
+            pass
+
+
+# --------------------------------------------------------------------------- statement flow
+
+
+@dataclass
+class _Prepared:
+    method: str
+    obs: _Observation
+    args: tuple[Any, ...]
+    params: list[object]  # one entry per row for executemany (filled as sqlite3 consumes)
+    was_in: bool
+    scripts: tuple[Statement, ...] = ()
+
+
+def _prepare(
+    state: _ConnState, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> _Prepared | None:
+    if state.closed:
+        return None
+    sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
+    if not isinstance(sql, str):
+        return None
+    params: list[object] = []
+    new_args = args
+    scripts: tuple[Statement, ...] = ()
+    was_in = bool(state.raw.in_transaction)
+    if method == "executescript":
+        scripts = tuple(analyse(part) for part in split_statements(sql))
+        stmt = _script_statement(scripts)
+        if was_in and _legacy_txn(state):
+            # sqlite3 commits a pending transaction before it runs a script.
+            _end_transaction(state, "commit", lambda: None)
+            with state.lock:
+                state.txn_id, state.txn_writes = None, False
+            was_in = False
+    else:
+        stmt = analyse(sql)
+        raw_params: Any = args[1] if len(args) > 1 else kwargs.get("parameters", ())
+        if method == "execute":
+            params = [raw_params]
+        elif isinstance(raw_params, (list, tuple)):
+            params = list(raw_params)
+        elif raw_params is not None and not isinstance(raw_params, (str, bytes)):
+            new_args = (args[0], _recording(raw_params, params), *args[2:])
+    obs = _Observation(state, stmt, name=stmt.summary)
+    return _Prepared(method, obs, new_args, params, was_in, scripts)
+
+
+def _recording(source: Any, sink: list[object]) -> Iterator[object]:
+    """Pass executemany's parameter rows through, keeping them for the row facts."""
+    for item in source:
+        sink.append(item)
+        yield item
+
+
+def _legacy_txn(state: _ConnState) -> bool:
+    autocommit = getattr(state.raw, "autocommit", None)
+    legacy = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", None)
+    return autocommit is None or autocommit == legacy
+
+
+def _script_statement(parts: tuple[Statement, ...]) -> Statement:
+    if len(parts) == 1:
+        return parts[0]
+    operations = {p.operation for p in parts}
+    operation = operations.pop() if len(operations) == 1 else "OTHER"
+    tables = {p.table for p in parts if p.table}
+    table = tables.pop() if len(tables) == 1 and operation != "OTHER" else None
+    return Statement(operation=operation, table=table, unresolved="script", multiple=True)
+
+
+def _txn_after(prepared: _Prepared, wrote: bool) -> None:
+    """Follow the connection's transaction across one statement (implicit BEGIN included)."""
+    obs = prepared.obs
+    state = obs.state
+    now_in = bool(state.raw.in_transaction)
+    with state.lock:
+        if prepared.was_in and not now_in:
+            if state.txn_id and state.txn_writes:
+                outcome = "rollback" if obs.stmt.operation == "ROLLBACK" else "commit"
+                obs.span.set_attribute(A.TXN_ID, state.txn_id)
+                obs.span.set_attribute(A.TXN_OUTCOME, outcome)
+            state.txn_id, state.txn_writes = None, False
+        if now_in and state.txn_id is None:
+            state.txn_id, state.txn_writes = uuid.uuid4().hex, False
+        if not now_in:
+            state.txn_id, state.txn_writes = None, False
+        if wrote:
+            if now_in and state.txn_id:
+                obs.span.set_attribute(A.COMMITTED, False)
+                obs.span.set_attribute(A.TXN_ID, state.txn_id)
+                state.txn_writes = True
+            else:
+                obs.span.set_attribute(A.COMMITTED, True)
+
+
+def _after_failure(prepared: _Prepared, exc: BaseException) -> None:
+    try:
+        _txn_after(prepared, wrote=False)
+    except Exception:
+        _log.debug("transaction bookkeeping failed", exc_info=True)
+    prepared.obs.fail(exc)
+
+
+def _after_success(prepared: _Prepared, cursor: Any) -> _Read | None:
+    obs = prepared.obs
+    stmt = obs.stmt
+    state = obs.state
+    if stmt.operation in ("DDL", "OTHER") or prepared.method == "executescript":
+        state.forget_tables()
+    if prepared.method == "executescript":
+        written = [p for p in prepared.scripts if p.is_write]
+        if written:
+            settings = get_settings()
+            facts: dict[str, str] = {}
+            for part in written:
+                table = state.table(part.schema, part.table) if part.table else None
+                name = table.name if table else (part.table or "")
+                ns = state.namespace(part.schema)
+                fact = settings.resolve(f"{STORE}:{ns}/{name}").key
+                facts[fact] = settings.digest(secrets.token_bytes(16))
+            obs.span.set_attribute(A.OP, "write")
+            obs.span.set_attribute(A.WRITE_FACTS, list(facts))
+            obs.span.set_attribute(A.WRITE_VERSIONS, list(facts.values()))
+            obs.unresolved("script")
+        _txn_after(prepared, wrote=bool(written))
+        obs.end()
+        return None
+    if stmt.is_write:
+        wrote = getattr(cursor, "rowcount", -1) != 0
+        try:
+            if wrote:
+                _record_writes(prepared, cursor)
+        except Exception:
+            _log.debug("recording writes failed", exc_info=True)
+        # RETURNING rows are not tracked as reads: the write is what counts.
+        _txn_after(prepared, wrote=wrote)
+        obs.end()
+        return None
+    _txn_after(prepared, wrote=False)
+    if stmt.operation == "SELECT" and prepared.method == "execute":
+        description = getattr(cursor, "description", None)
+        return _Read(obs, prepared.params[0] if prepared.params else (), description)
+    obs.end()
+    return None
+
+
+def _pinned_writes(prepared: _Prepared, cursor: Any) -> tuple[list[list[object]], str | None]:
+    """Primary-key values of the rows a write touched, or the reason they are unknown."""
+    obs = prepared.obs
+    stmt = obs.stmt
+    table = obs.table
+    if stmt.unresolved:
+        return [], stmt.unresolved
+    if table is None:
+        return [], "unknown table"
+    pk = table.pk
+    rows = prepared.params
+    if stmt.operation in ("INSERT", "REPLACE"):
+        columns = [c.lower() for c in stmt.insert_columns] or list(table.columns)
+        if not pk:
+            pk = ("rowid",)
+        keys: list[list[object]] = []
+        for params in rows:
+            for row in stmt.insert_rows:
+                by_column = dict(zip(columns, row, strict=False))
+                names = list(pk)
+                if pk == ("rowid",):
+                    names = [next((n for n in _ROWID_ALIASES if n in by_column), "rowid")]
+                key: list[object] = []
+                for name in names:
+                    value = by_column.get(name)
+                    found, resolved = value.resolve(params) if value else (False, None)
+                    if not found or resolved is None:
+                        break
+                    key.append(resolved)
+                if len(key) == len(names):
+                    keys.append(key)
+                    continue
+                last = getattr(cursor, "lastrowid", None)
+                if (
+                    table.integer_pk
+                    and not stmt.upsert
+                    and prepared.method == "execute"
+                    and len(stmt.insert_rows) == 1
+                    and isinstance(last, int)
+                    and last > 0
+                    and getattr(cursor, "rowcount", -1) == 1
+                ):
+                    keys.append([last])
+                    continue
+                return [], "primary key not given"
+        return keys, None
+    if stmt.operation == "UPDATE" and pk and {c.lower() for c in stmt.set_columns} & set(pk):
+        return [], "primary key updated"
+    if not stmt.has_where:
+        return [], "no where clause"
+    keys = []
+    for params in rows:
+        values, _ = _where_pk(stmt, pk or ("rowid",), params)
+        if values is None:
+            return [], stmt.where_reason or "rows not pinned by primary key"
+        keys.append(values)
+    return keys, None
+
+
+def _record_writes(prepared: _Prepared, cursor: Any) -> None:
+    obs = prepared.obs
+    stmt = obs.stmt
+    settings = get_settings()
+    keys, reason = _pinned_writes(prepared, cursor)
+    facts: dict[str, str] = {}
+    if reason is not None or not keys:
+        fact, _ = obs.fact(settings, obs.table_key())
+        facts[fact] = settings.digest(secrets.token_bytes(16))
+        obs.unresolved(reason or "no rows")
+    else:
+        table = obs.table
+        assert table is not None
+        pk = table.pk or ("rowid",)
+        where = " AND ".join(f"{_quote(c)} = ?" for c in pk)
+        prefix = _quote(stmt.schema) + "." if stmt.schema else ""
+        query = f"SELECT * FROM {prefix}{_quote(table.name)} WHERE {where}"
+        for key in keys[:_MAX_ROWS_PER_SPAN]:
+            physical = obs.physical(key)
+            fact, rule = obs.fact(settings, physical)
+            facts.pop(fact, None)
+            facts[fact] = _current_version(obs.state, settings, rule, physical, query, key)
+    obs.span.set_attribute(A.WRITE_FACTS, list(facts))
+    obs.span.set_attribute(A.WRITE_VERSIONS, list(facts.values()))
+
+
+def _current_version(
+    state: _ConnState,
+    settings: Settings,
+    rule: FactRule | None,
+    physical: str,
+    query: str,
+    key: list[object],
+) -> str:
+    """The version a row has right now, read through a separate untraced raw cursor."""
+    with _suppressed():
+        cursor = state.raw.cursor()
+        try:
+            cursor.row_factory = None
+            cursor.execute(query, key)
+            names = [str(d[0]).lower() for d in cursor.description or ()]
+            row = cursor.fetchone()
+        finally:
+            cursor.close()
+    if row is None:
+        return "none"
+    return _full_version(settings, rule, physical, dict(zip(names, row, strict=False)))
+
+
+# --------------------------------------------------------------------------- instrumentor
+
+
+def instrument_connection(connection: Any, tracer_provider: Any = None) -> Any:
+    """Trace an already-open sqlite3 connection; returns the proxy to use instead."""
+    if isinstance(connection, TracedConnection):
+        return connection
+    tracer = trace.get_tracer(__name__, _VERSION, tracer_provider=tracer_provider)
+    return TracedConnection(connection, tracer)
+
+
+def uninstrument_connection(connection: Any) -> Any:
+    """The plain connection behind a proxy from `instrument_connection`."""
+    if isinstance(connection, TracedConnection):
+        return connection.__wrapped__
+    return connection
+
+
+class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Wraps `sqlite3.connect` (and `sqlite3.dbapi2.connect`) so connections are traced."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer = trace.get_tracer(__name__, _VERSION, tracer_provider=kwargs.get("tracer_provider"))
+
+        def connect(wrapped: Any, instance: Any, args: Any, kw: Any) -> Any:
+            connection = wrapped(*args, **kw)
+            try:
+                return TracedConnection(connection, tracer)
+            except Exception:
+                _log.debug("cannot wrap the connection", exc_info=True)
+                return connection
+
+        import sqlite3.dbapi2 as dbapi2
+
+        wrapt.wrap_function_wrapper(sqlite3, "connect", connect)
+        if dbapi2.connect is not sqlite3.connect:
+            wrapt.wrap_function_wrapper(dbapi2, "connect", connect)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import sqlite3.dbapi2 as dbapi2
+
+        for module in (sqlite3, dbapi2):
+            unwrap(module, "connect")
