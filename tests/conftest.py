@@ -41,7 +41,8 @@ class Telemetry:
 
     def span_named(self, name: str) -> ReadableSpan:
         matches = [s for s in self.spans() if s.name == name]
-        assert len(matches) == 1, f"expected one span {name!r}, got {[s.name for s in self.spans()]}"
+        names = [s.name for s in self.spans()]
+        assert len(matches) == 1, f"expected one span {name!r}, got {names}"
         return matches[0]
 
     def metric_points(self, name: str) -> list[Any]:
@@ -64,9 +65,7 @@ def telemetry() -> Iterator[Telemetry]:
     reader = InMemoryMetricReader()
     meter_provider = MeterProvider(metric_readers=[reader])
     provider = TracerProvider(resource=Resource.create({"service.name": "tests"}))
-    processor = StateCoherenceSpanProcessor(
-        tracer_provider=provider, meter_provider=meter_provider
-    )
+    processor = StateCoherenceSpanProcessor(tracer_provider=provider, meter_provider=meter_provider)
     exporter = InMemorySpanExporter()
     provider.add_span_processor(processor)
     provider.add_span_processor(SimpleSpanProcessor(exporter))

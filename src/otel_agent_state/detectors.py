@@ -20,6 +20,7 @@ from .model import (
     AnomalyKind,
     Observation,
     Op,
+    Scope,
     ScopeKind,
     Severity,
     Tier,
@@ -459,8 +460,8 @@ def detect_orphaned_mutations(history: History, *, closed: bool = True) -> list[
                 agents=(scope.agent,),
                 evidence_span_ids=_unique([scope.span_id, *(w.obs.span_id for w in unrestored)]),
                 summary=(
-                    f"{scope.kind.value} {scope.name or scope.agent!s} of {scope.agent} {how} "
-                    f"after committing {facts}; nothing restored the earlier state"
+                    f"{_scope_label(scope)} {how} after committing {facts}; "
+                    "nothing restored the earlier state"
                 ),
                 severity=Severity.ERROR,
                 store=last.obs.store,
@@ -471,6 +472,12 @@ def detect_orphaned_mutations(history: History, *, closed: bool = True) -> list[
             )
         )
     return found
+
+
+def _scope_label(scope: Scope) -> str:
+    if scope.kind == ScopeKind.AGENT:
+        return f"agent {scope.agent} (autocommit writes, no transaction)"
+    return f"{scope.kind.value} {scope.name!r} of {scope.agent}"
 
 
 def _last_per_fact(writes: list[Write]) -> list[Write]:
