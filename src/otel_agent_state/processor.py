@@ -468,6 +468,17 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             self._early_closed.add(span_id)
         self._emit(found)
 
+    def attribute_agent(self, span: Any) -> None:
+        """Set `gen_ai.agent.name` on an open span that became an observation after it started."""
+        if not isinstance(span, Span) or not span.is_recording():
+            return
+        if A.GEN_AI_AGENT_NAME in (span.attributes or {}):
+            return
+        with self._lock:
+            ctx = self._open.get(_context(span).span_id)
+        agent = ctx.agent if ctx is not None else None
+        span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
+
     def guard_read(self, span: Any) -> None:
         """Raise mode: check the read on the still-open `span` before its value is returned."""
         if self.settings.on_anomaly != "raise" or not isinstance(span, Span):

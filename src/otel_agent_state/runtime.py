@@ -62,3 +62,16 @@ def before_scope_end(span: Any, failed: bool) -> None:
             hook(span, failed)
         except Exception:
             _log.debug("scope hook failed", exc_info=True)
+
+
+def attribute_agent(span: Any) -> None:
+    """Put `gen_ai.agent.name` on an open span that became an observation after it started
+    (e.g. a contrib database span we annotate), as the processor does at span start."""
+    for guard in tuple(_guards):
+        hook = getattr(guard, "attribute_agent", None)
+        if hook is None:
+            continue
+        try:
+            hook(span)
+        except Exception:
+            _log.debug("agent attribution failed", exc_info=True)
