@@ -8,64 +8,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
 LAUNCHER = Path(sys.executable).with_name("opentelemetry-instrument")
 
-APP = textwrap.dedent(
-    """
-    import sqlite3, sys
-    from opentelemetry import trace
-
-    tracer = trace.get_tracer("my.agents")
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.executescript('''
-        CREATE TABLE credit_scores (customer_id INTEGER PRIMARY KEY, score, version);
-        CREATE TABLE score_cache (customer_id INTEGER PRIMARY KEY, score, version);
-        INSERT INTO credit_scores VALUES (42, 680, 1);
-        INSERT INTO score_cache VALUES (42, 680, 1);
-    ''')
-
-    def agent_span(name):
-        return tracer.start_as_current_span(
-            "invoke_agent " + name,
-            attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": name},
-        )
-
-    with tracer.start_as_current_span("credit-approval"):
-        with agent_span("credit-scorer"):
-            conn.execute(
-                "UPDATE credit_scores SET score = 750, version = version + 1 WHERE customer_id = ?",
-                (42,),
-            )
-            if len(sys.argv) > 2 and sys.argv[2] == "correct":
-                conn.execute("DELETE FROM score_cache WHERE customer_id = ?", (42,))
-        with agent_span("risk-assessor"):
-            row = conn.execute(
-                "SELECT score, version FROM score_cache WHERE customer_id = ?", (42,)
-            ).fetchone()
-            if row is None:
-                row = conn.execute(
-                    "SELECT score, version FROM credit_scores WHERE customer_id = ?", (42,)
-                ).fetchone()
-            print("APP-SAW", row[0], flush=True)
-    """
-)
-
-RULES = textwrap.dedent(
-    """
-    [[facts]]
-    name = "credit_score"
-    keys = [
-      "sqlite:*/credit_scores/{customer_id}",
-      { pattern = "sqlite:*/score_cache/{customer_id}", tier = "cache" },
-    ]
-    version = { column = "version" }
-    """
-)
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+APP = EXAMPLES / "credit_agents_sqlite.py"
+RULES = EXAMPLES / "credit_facts.toml"
 
 
 def _spans(stdout: str) -> list[dict[str, Any]]:
@@ -86,11 +37,9 @@ def _spans(stdout: str) -> list[dict[str, Any]]:
 
 
 def _launch(tmp_path: Path, *app_args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "app.py").write_text(APP)
-    (tmp_path / "facts.toml").write_text(RULES)
     run_env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONPATH"))}
     run_env.update(
-        OTEL_AGENTSTATE_CONFIG=str(tmp_path / "facts.toml"),
+        OTEL_AGENTSTATE_CONFIG=str(RULES),
         OTEL_TRACES_EXPORTER="console",
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",
@@ -102,7 +51,7 @@ def _launch(tmp_path: Path, *app_args: str, **env: str) -> subprocess.CompletedP
             "--service_name",
             "agents",
             sys.executable,
-            str(tmp_path / "app.py"),
+            str(APP),
             str(tmp_path / "app.db"),
             *app_args,
         ],
@@ -118,7 +67,7 @@ def _launch(tmp_path: Path, *app_args: str, **env: str) -> subprocess.CompletedP
 def test_launcher_flags_the_stale_cache_read(tmp_path: Path) -> None:
     result = _launch(tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "APP-SAW 680" in result.stdout
+    assert "risk-assessor saw score 680" in result.stdout
     spans = _spans(result.stdout)
     anomalies = [s for s in spans if s["name"] == "agentstate.anomaly stale_read"]
     assert len(anomalies) == 1, [s["name"] for s in spans]
@@ -154,7 +103,7 @@ def test_launcher_flags_the_stale_cache_read(tmp_path: Path) -> None:
 def test_launcher_correct_workflow_has_no_anomaly(tmp_path: Path) -> None:
     result = _launch(tmp_path, "correct")
     assert result.returncode == 0, result.stderr
-    assert "APP-SAW 750" in result.stdout
+    assert "risk-assessor saw score 750" in result.stdout
     spans = _spans(result.stdout)
     assert any(s["attributes"].get("agentstate.op") == "read" for s in spans)
     assert [s for s in spans if s["name"].startswith("agentstate.anomaly")] == []
@@ -172,7 +121,7 @@ def test_bad_config_is_a_clear_error_and_the_app_still_runs(tmp_path: Path) -> N
     (tmp_path / "bad.toml").write_text('[[facts]]\nname = "x"\nkeys = ["no-store-prefix"]\n')
     result = _launch(tmp_path, OTEL_AGENTSTATE_CONFIG=str(tmp_path / "bad.toml"))
     assert result.returncode == 0
-    assert "APP-SAW 680" in result.stdout
+    assert "risk-assessor saw score 680" in result.stdout
     assert f"{tmp_path / 'bad.toml'}:3: rule 'x': key pattern 'no-store-prefix'" in result.stderr
 
 
