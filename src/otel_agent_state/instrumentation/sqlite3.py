@@ -37,7 +37,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__, runtime
@@ -279,9 +279,13 @@ def _suppressed(span: Span | None = None) -> Iterator[None]:
 
 
 def _innermost(obj: Any) -> Any:
-    """Follow proxy `__wrapped__` chains (ours, contrib's) down to the sqlite3 object."""
+    """Follow proxy `__wrapped__` chains (ours, contrib's) down to the sqlite3 object.
+
+    `type()`, not `isinstance()`: wrapt proxies forward `__class__`, so a proxy passes
+    `isinstance(proxy, sqlite3.Connection)` and would be taken for the real object.
+    """
     seen = 0
-    while not isinstance(obj, (sqlite3.Connection, sqlite3.Cursor)) and seen < 16:
+    while not issubclass(type(obj), (sqlite3.Connection, sqlite3.Cursor)) and seen < 16:
         inner = getattr(obj, "__wrapped__", None)
         if inner is None:
             break
@@ -318,7 +322,13 @@ _OPS = {
 
 
 class _Observation:
-    """One statement's span: ours (we end it) or a contrib span we annotate."""
+    """One statement's span: ours (we end it) or a contrib span we annotate.
+
+    A contrib span ends when execute() returns, before the application fetches. For a
+    SELECT under it we then keep a short `agentstate.read <table>` span of our own, a child
+    of the contrib span without `db.*` attributes (so not a second database span), that
+    carries the fetched rows' facts and ends when our own SELECT span would have ended.
+    """
 
     def __init__(self, state: _ConnState, stmt: Statement, name: str | None = None) -> None:
         self.state = state
@@ -326,6 +336,8 @@ class _Observation:
         self.lock = threading.Lock()
         self.ended = False
         self.tier_set = False
+        self.tier = "primary"
+        self.read_span: Span | None = None
         namespace = state.namespace(stmt.schema)
         self.namespace = namespace
         table = state.table(stmt.schema, stmt.table) if stmt.table else None
@@ -348,19 +360,51 @@ class _Observation:
         if _contrib_span(current):
             self.span = current
             self.own = False
+            present = getattr(current, "attributes", None) or {}
             for key, value in attrs.items():
-                current.set_attribute(key, value)
+                # Both sets of attributes: contrib's db.* values (e.g. its db.namespace) stay.
+                if not (key.startswith("db.") and key in present):
+                    current.set_attribute(key, value)
+            runtime.attribute_agent(current)
         else:
             self.span = state.tracer.start_span(summary, kind=SpanKind.CLIENT, attributes=attrs)
             self.own = True
         self.read_facts: dict[str, str] = {}
         self.rows_seen = 0
 
+    def _set(self, key: str, value: Any) -> None:
+        """Set on our span(s) that are still open (never on an ended contrib span)."""
+        for span in (self.span, self.read_span):
+            if span is not None and span.is_recording():
+                span.set_attribute(key, value)
+
+    @property
+    def reads_span(self) -> Span:
+        """The span that carries the fetched rows' facts and is checked by the read guard."""
+        return self.read_span if self.read_span is not None else self.span
+
+    def open_read_span(self) -> None:
+        """Contrib span outermost: our read span for the rows the application will fetch.
+
+        Opened while the contrib span is still current and open, so span processors give it
+        the contrib span's agent, decision and mutation scopes.
+        """
+        if self.own or self.read_span is not None:
+            return
+        table = self.table.name if self.table else (self.stmt.table or "")
+        self.read_span = self.state.tracer.start_span(
+            f"agentstate.read {table}" if table else "agentstate.read",
+            context=trace.set_span_in_context(self.span),
+            kind=SpanKind.CLIENT,
+            attributes={A.STORE: STORE, A.TIER: self.tier, A.OP: "read"},
+        )
+
     def fact(self, settings: Settings, physical: str) -> tuple[str, FactRule | None]:
         resolved = settings.resolve(physical)
         if not self.tier_set and resolved.rule is not None:
             self.tier_set = True
-            self.span.set_attribute(A.TIER, resolved.tier or "primary")
+            self.tier = resolved.tier or "primary"
+            self._set(A.TIER, self.tier)
         return resolved.key, resolved.rule
 
     def physical(self, pk_values: Sequence[object]) -> str:
@@ -373,19 +417,24 @@ class _Observation:
         return f"{STORE}:{self.namespace}/{table}"
 
     def unresolved(self, reason: str) -> None:
-        self.span.set_attribute(A.UNRESOLVED, reason)
+        self._set(A.UNRESOLVED, reason)
 
     def record_reads(self) -> None:
-        if not self.span.is_recording():  # an annotated contrib span may have ended already
+        span = self.reads_span
+        if not span.is_recording():  # an annotated contrib span may have ended already
             return
-        self.span.set_attribute(A.READ_FACTS, list(self.read_facts))
-        self.span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
+        span.set_attribute(A.READ_FACTS, list(self.read_facts))
+        span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
 
     def fail(self, exc: BaseException) -> None:
         try:
-            if self.own or self.span.is_recording():
-                self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-                self.span.record_exception(exc)
+            status = Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}")
+            targets = [self.span] if self.own or self.span.is_recording() else []
+            if self.read_span is not None:
+                targets.append(self.read_span)
+            for span in targets:
+                span.set_status(status)
+                span.record_exception(exc)
             self.end()
         except Exception:
             _log.debug("recording the error failed", exc_info=True)
@@ -395,6 +444,8 @@ class _Observation:
             if self.ended:
                 return
             self.ended = True
+        if self.read_span is not None:
+            self.read_span.end()
         if self.own:
             self.span.end()
 
@@ -714,7 +765,7 @@ class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
             _log.debug("recording fetched rows failed", exc_info=True)
         try:
             if rows or (done and read.obs.read_facts):
-                runtime.guard_read(read.obs.span)
+                runtime.guard_read(read.obs.reads_span)
         except StaleReadError as exc:
             read.obs.fail(exc)
             self._self_slot.read = None
@@ -1028,7 +1079,12 @@ def _after_success(prepared: _Prepared, cursor: Any) -> _Read | None:
     _txn_after(prepared, wrote=False)
     if stmt.operation == "SELECT" and prepared.method == "execute":
         description = getattr(cursor, "description", None)
-        return _Read(obs, prepared.params[0] if prepared.params else (), description)
+        read = _Read(obs, prepared.params[0] if prepared.params else (), description)
+        if not obs.own and read.trackable:
+            if read.where_pk is not None:  # a point lookup: its rule's tier from the start
+                obs.fact(get_settings(), obs.physical(read.where_pk))
+            obs.open_read_span()
+        return read
     obs.end()
     return None
 
@@ -1159,8 +1215,41 @@ def uninstrument_connection(connection: Any) -> Any:
     return connection
 
 
+_PROXY_TYPES: tuple[type, ...] = tuple(
+    t for t in (getattr(wrapt, "BaseObjectProxy", None), wrapt.ObjectProxy) if t is not None
+)
+
+
+def _wrapper_chain(module: Any) -> list[Any]:
+    """`module.connect` and the wrapt wrappers under it, outermost first, the function last."""
+    chain = [module.connect]
+    while len(chain) < 32 and isinstance(chain[-1], _PROXY_TYPES):
+        inner = getattr(chain[-1], "__wrapped__", None)
+        if inner is None:
+            break
+        chain.append(inner)
+    return chain
+
+
+def _replace_link(module: Any, chain: list[Any], index: int, new: Any) -> None:
+    """Make `new` stand where `chain[index]` stands (module attribute or a wrapper's inside)."""
+    if index == 0:
+        module.connect = new
+    else:
+        chain[index - 1].__wrapped__ = new
+
+
 class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Wraps `sqlite3.connect` (and `sqlite3.dbapi2.connect`) so connections are traced."""
+    """Wraps `sqlite3.connect` (and `sqlite3.dbapi2.connect`) so connections are traced.
+
+    Coexistence with contrib's sqlite3 instrumentation (SPEC §2), whatever the load order:
+    our wrapper goes under wrappers already there (innermost, next to the real function), so
+    contrib's span is the database span and we annotate it. `unwrap()` (what contrib's
+    uninstrument calls) removes the outermost wrapper whoever owns it; with ours innermost it
+    only ever removes contrib's, and our uninstrument takes out our own wrapper wherever it is.
+    """
+
+    _connect_wrapper: Callable[..., Any] | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ()
@@ -1178,12 +1267,29 @@ class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         import sqlite3.dbapi2 as dbapi2
 
-        wrapt.wrap_function_wrapper(sqlite3, "connect", connect)
-        if dbapi2.connect is not sqlite3.connect:
-            wrapt.wrap_function_wrapper(dbapi2, "connect", connect)
+        self._connect_wrapper = connect
+        for module in (sqlite3, dbapi2):
+            chain = _wrapper_chain(module)
+            if any(getattr(link, "_self_wrapper", None) is connect for link in chain):
+                continue  # the same wrapper object is shared by both modules
+            ours = wrapt.FunctionWrapper(chain[-1], connect)
+            try:
+                _replace_link(module, chain, len(chain) - 1, ours)
+            except Exception:  # a wrapper that does not let us in: wrap on top of it
+                _log.debug("cannot go under the existing connect wrapper", exc_info=True)
+                wrapt.wrap_function_wrapper(module, "connect", connect)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import sqlite3.dbapi2 as dbapi2
 
+        ours = self._connect_wrapper
+        self._connect_wrapper = None
         for module in (sqlite3, dbapi2):
-            unwrap(module, "connect")
+            chain = _wrapper_chain(module)
+            for index, link in enumerate(chain[:-1]):
+                if ours is not None and getattr(link, "_self_wrapper", None) is ours:
+                    try:
+                        _replace_link(module, chain, index, link.__wrapped__)
+                    except Exception:  # never unwrap() here: it would take out another's
+                        _log.debug("cannot take our connect wrapper out", exc_info=True)
+                    break
