@@ -9,11 +9,11 @@ that no write in the trace produced is the initial state, older than every writt
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
 from .config import Consistency
-from .history import History, Read, Write
+from .history import Actor, History, Read, Write, actor_key
 from .model import (
     NONE_VERSION,
     Anomaly,
@@ -221,94 +221,55 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- divergent views
 
 
-@dataclass(frozen=True, slots=True)
-class _Actor:
-    """An agent scope: its interval, and the times it decided or wrote."""
-
-    key: str
-    agent: str
-    start_ns: int
-    end_ns: int | None
-    acts: tuple[int, ...]
-
-
-def _actors(history: History) -> dict[str, _Actor]:
-    """Agent spans; observations with no agent span are grouped by agent name."""
-    spans: dict[str, tuple[str, int, int | None]] = {}
-    for scope in history.scopes.values():
-        if scope.kind == ScopeKind.AGENT:
-            spans[scope.span_id] = (scope.agent, scope.start_ns, scope.end_ns)
-    acts: dict[str, list[int]] = {}
-    for obs in history.observations.values():
-        key = actor_key(obs)
-        if key not in spans:
-            agent, start, end = spans.get(key, (obs.agent, obs.start_ns, obs.end_ns))
-            spans[key] = (agent, min(start, obs.start_ns), max(end or 0, obs.end_ns))
-        if obs.writes and obs.op != Op.READ and not obs.failed:
-            acts.setdefault(key, []).append(obs.end_ns)
-    for scope in history.scopes.values():
-        if scope.kind == ScopeKind.DECISION and scope.end_ns is not None:
-            key = scope.parent_agent_scope or f"agent:{scope.agent}"
-            acts.setdefault(key, []).append(scope.end_ns)
-    return {
-        key: _Actor(key, agent, start, end, tuple(sorted(acts.get(key, ()))))
-        for key, (agent, start, end) in spans.items()
-    }
-
-
-def actor_key(obs: Observation) -> str:
-    return obs.agent_scope or f"agent:{obs.agent}"
-
-
-def _overlap(a: _Actor, b: _Actor) -> bool:
+def _overlap(a: Actor, b: Actor) -> bool:
     a_end = a.end_ns if a.end_ns is not None else 1 << 62
     b_end = b.end_ns if b.end_ns is not None else 1 << 62
     return a.start_ns < b_end and b.start_ns < a_end
 
 
-def _acted_on(history: History, actor: _Actor, fact: str) -> Read | None:
-    """The last read of `fact` by `actor` that a later decision or write of its followed."""
-    if not actor.acts:
-        return None
-    last_act = actor.acts[-1]
-    chosen: Read | None = None
+def _is_miss(read: Read) -> bool:
+    return read.obs.tier == Tier.CACHE and read.version.is_none
+
+
+def _acted_on(history: History, fact: str) -> dict[str, Read]:
+    """Per actor, its last read of `fact` that a later decision or write of its followed."""
+    views: dict[str, Read] = {}
     for read in history.reads(fact):
-        if actor_key(read.obs) != actor.key or read.obs.end_ns > last_act:
+        if _is_miss(read):
             continue
-        if read.obs.tier == Tier.CACHE and read.version.is_none:
+        actor = history.actors.get(actor_key(read.obs))
+        if actor is None or actor.last_act is None or read.obs.end_ns > actor.last_act:
             continue
-        chosen = read
-    return chosen
+        views[actor.key] = read
+    return views
 
 
 def detect_divergent_views(
-    history: History, *, only_actors: Iterable[str] | None = None
+    history: History,
+    *,
+    only_actors: Iterable[str] | None = None,
+    facts: Iterable[str] | None = None,
 ) -> list[Anomaly]:
     """Concurrent agents that acted on different versions of one fact (SPEC §5).
 
     Not a divergence when the newer version was written by one of the two agents: a
-    read-modify-write chain knows the version it wrote.
+    read-modify-write chain knows the version it wrote. `only_actors` keeps the pairs that
+    involve those actors, `facts` the facts to look at (default: all).
     """
-    actors = _actors(history)
     focus = set(only_actors) if only_actors is not None else None
     found: list[Anomaly] = []
-    keys = sorted(actors)
-    for fact in list(history.facts()):
-        views: dict[str, Read] = {}
-        for key in keys:
-            read = _acted_on(history, actors[key], fact)
-            if read is not None:
-                views[key] = read
-        if len(views) < 2:
+    for fact in history.facts() if facts is None else facts:
+        views = _acted_on(history, fact)
+        if len(views) < 2 or (focus is not None and not focus & views.keys()):
             continue
         writes = history.committed_writes(fact)
         all_writes = history.writes(fact)
-        pairs = sorted(views)
-        for i, key_a in enumerate(pairs):
-            for key_b in pairs[i + 1 :]:
+        keys = sorted(views)
+        for i, key_a in enumerate(keys):
+            for key_b in keys[i + 1 :]:
                 if focus is not None and key_a not in focus and key_b not in focus:
                     continue
-                a, b = actors[key_a], actors[key_b]
+                a, b = history.actors[key_a], history.actors[key_b]
                 if a.agent == b.agent or not _overlap(a, b):
                     continue
                 anomaly = _divergence(fact, views[key_a], views[key_b], a, b, writes, all_writes)
@@ -321,8 +282,8 @@ def _divergence(
     fact: str,
     read_a: Read,
     read_b: Read,
-    a: _Actor,
-    b: _Actor,
+    a: Actor,
+    b: Actor,
     writes: list[Write],
     all_writes: list[Write],
 ) -> Anomaly | None:
@@ -363,58 +324,62 @@ def _divergence(
 # ---------------------------------------------------------------- lost updates
 
 
-def detect_lost_updates(history: History) -> list[Anomaly]:
+def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Read]]]:
+    """Committed writes of `fact` grouped by the version their writer last read before them."""
+    reads: dict[str, list[Read]] = {}
+    for read in history.reads(fact):
+        if not _is_miss(read):
+            reads.setdefault(actor_key(read.obs), []).append(read)
+    ends = {key: [r.obs.end_ns for r in rs] for key, rs in reads.items()}
+    groups: dict[str, list[tuple[Write, Read]]] = {}
+    for write in history.committed_writes(fact):
+        key = actor_key(write.obs)
+        if key not in reads:
+            continue
+        index = bisect_right(ends[key], write.obs.start_ns) - 1
+        if index >= 0:
+            basis = reads[key][index]
+            groups.setdefault(basis.version.text, []).append((write, basis))
+    return groups
+
+
+def detect_lost_updates(history: History, *, facts: Iterable[str] | None = None) -> list[Anomaly]:
     """Two committed writes of a fact whose writers both last read the same version (Elle)."""
     found: list[Anomaly] = []
-    for fact in list(history.facts()):
-        based: list[tuple[Write, Read]] = []
-        reads = history.reads(fact)
-        for write in history.committed_writes(fact):
-            basis = None
-            for read in reads:
-                if (
-                    actor_key(read.obs) == actor_key(write.obs)
-                    and read.obs.end_ns <= write.obs.start_ns
-                    and not (read.obs.tier == Tier.CACHE and read.version.is_none)
-                ):
-                    basis = read
-            if basis is not None:
-                based.append((write, basis))
-        for i, (first, first_read) in enumerate(based):
-            for second, second_read in based[i + 1 :]:
-                if actor_key(first.obs) == actor_key(second.obs):
-                    continue
-                if first_read.version.text != second_read.version.text:
-                    continue
-                if first.version.text == first_read.version.text:
-                    continue  # the first write changed nothing: nothing was lost
-                found.append(
-                    Anomaly(
-                        kind=AnomalyKind.LOST_UPDATE,
-                        trace_id=second.obs.trace_id,
-                        span_id=second.obs.span_id,
-                        fact=fact,
-                        observed_version=second_read.version.text,
-                        expected_version=first.version.text,
-                        agents=_unique([first.obs.agent, second.obs.agent]),
-                        evidence_span_ids=(
-                            first.obs.span_id,
-                            first_read.obs.span_id,
-                            second_read.obs.span_id,
-                        ),
-                        summary=(
-                            f"{second.obs.agent} wrote {fact} based on "
-                            f"{second_read.version.text}, overwriting {first.version.text} "
-                            f"that {first.obs.agent} had written from the same "
-                            f"{first_read.version.text}: that update is lost"
-                        ),
-                        severity=Severity.ERROR,
-                        store=second.obs.store,
-                        agent_scope=second.obs.agent_scope,
-                        key=(AnomalyKind.LOST_UPDATE, fact, first.obs.span_id, second.obs.span_id),
-                    )
-                )
+    for fact in history.facts() if facts is None else facts:
+        for based in _based_writes(history, fact).values():
+            for i, (first, first_read) in enumerate(based):
+                for second, second_read in based[i + 1 :]:
+                    if actor_key(first.obs) == actor_key(second.obs):
+                        continue
+                    if first.version.text == first_read.version.text:
+                        continue  # the first write changed nothing: nothing was lost
+                    found.append(_lost_update(fact, first, first_read, second, second_read))
     return found
+
+
+def _lost_update(
+    fact: str, first: Write, first_read: Read, second: Write, second_read: Read
+) -> Anomaly:
+    return Anomaly(
+        kind=AnomalyKind.LOST_UPDATE,
+        trace_id=second.obs.trace_id,
+        span_id=second.obs.span_id,
+        fact=fact,
+        observed_version=second_read.version.text,
+        expected_version=first.version.text,
+        agents=_unique([first.obs.agent, second.obs.agent]),
+        evidence_span_ids=(first.obs.span_id, first_read.obs.span_id, second_read.obs.span_id),
+        summary=(
+            f"{second.obs.agent} wrote {fact} based on {second_read.version.text}, "
+            f"overwriting {first.version.text} that {first.obs.agent} had written from the "
+            f"same {first_read.version.text}: that update is lost"
+        ),
+        severity=Severity.ERROR,
+        store=second.obs.store,
+        agent_scope=second.obs.agent_scope,
+        key=(AnomalyKind.LOST_UPDATE, fact, first.obs.span_id, second.obs.span_id),
+    )
 
 
 # ---------------------------------------------------------------- orphaned mutations

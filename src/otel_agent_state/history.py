@@ -1,17 +1,24 @@
 """A trace's history of observations, scopes and transaction ends, with the derived views
-the detectors need (committed writes in commit order, reads per fact, scopes by id).
+the detectors need (committed writes in commit order, reads per fact, agents' intervals).
 
 Pure: no OpenTelemetry imports. The ledger keeps one History per live trace; the offline
 checker builds one per trace from files; tests write them by hand.
+
+Everything is bounded: reads and writes per fact (oldest fall off first), observations
+kept by span id, and per agent only its interval and its last act. Views are maintained
+as events arrive, so each check costs the size of one fact's log, not of the trace.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from .model import Observation, Scope, Tier, TxnEnd, Version
+from .model import Observation, Op, Scope, ScopeKind, Tier, TxnEnd, Version
+
+# Observations kept by span id per trace (for evidence look-ups); older ones are forgotten.
+MAX_OBSERVATIONS = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +45,28 @@ class Read:
 
 
 @dataclass
+class Actor:
+    """An agent scope (its agent span, else all observations of one agent name): its
+    interval and the time of its last act (a write, or the end of a decision)."""
+
+    key: str
+    agent: str
+    start_ns: int
+    end_ns: int | None
+    last_act: int | None = None
+    from_span: bool = False
+
+
+def actor_key(obs: Observation) -> str:
+    return obs.agent_scope or f"agent:{obs.agent}"
+
+
+def is_act(obs: Observation) -> bool:
+    """A write that happened: what "went on to write" means for the detectors."""
+    return bool(obs.writes) and obs.op != Op.READ and not obs.failed
+
+
+@dataclass
 class _FactLog:
     writes: deque[Observation]
     reads: deque[Observation]
@@ -45,14 +74,20 @@ class _FactLog:
 
 @dataclass
 class History:
-    """Everything one trace told us, bounded per fact (oldest events fall off first)."""
+    """Everything one trace told us, bounded as described in the module docstring."""
 
     trace_id: str = ""
     max_events_per_fact: int = 256
-    observations: dict[str, Observation] = field(default_factory=dict)
+    observations: OrderedDict[str, Observation] = field(default_factory=OrderedDict)
     scopes: dict[str, Scope] = field(default_factory=dict)
     txn_ends: dict[str, TxnEnd] = field(default_factory=dict)
+    actors: dict[str, Actor] = field(default_factory=dict)
     _facts: dict[str, _FactLog] = field(default_factory=dict)
+    _writes_cache: dict[str, list[Write]] = field(default_factory=dict)
+    _txn_facts: dict[str, set[str]] = field(default_factory=dict)
+    _decision_inputs: dict[str, dict[str, None]] = field(default_factory=dict)
+    _counted_decisions: set[str] = field(default_factory=set)
+    _unacted_reads: dict[str, dict[str, None]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ building
 
@@ -73,7 +108,10 @@ class History:
         return history
 
     def facts(self) -> Iterator[str]:
-        return iter(self._facts)
+        return iter(list(self._facts))
+
+    def fact_count(self) -> int:
+        return len(self._facts)
 
     def knows_fact(self, fact: str) -> bool:
         return fact in self._facts
@@ -82,12 +120,41 @@ class History:
         if not self.trace_id:
             self.trace_id = obs.trace_id
         self.observations[obs.span_id] = obs
+        self.observations.move_to_end(obs.span_id)
+        while len(self.observations) > MAX_OBSERVATIONS:
+            self.observations.popitem(last=False)
         for item in obs.reads:
             self._log(item.fact).reads.append(obs)
+            self._unacted_reads.setdefault(actor_key(obs), {})[item.fact] = None
         for item in obs.writes:
             log = self._log(item.fact)
-            if obs not in log.writes:
+            if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op
                 log.writes.append(obs)
+            self._writes_cache.pop(item.fact, None)
+            if obs.txn_id is not None:
+                self._txn_facts.setdefault(obs.txn_id, set()).add(item.fact)
+        if obs.decision is not None and obs.reads:
+            inputs = self._decision_inputs.setdefault(obs.decision, {})
+            for item in obs.reads:
+                inputs[f"{item.fact}@{item.version.text}"] = None
+        self._track_actor(obs)
+
+    def _track_actor(self, obs: Observation) -> None:
+        key = actor_key(obs)
+        actor = self.actors.get(key)
+        if actor is None:
+            actor = Actor(key, obs.agent, obs.start_ns, obs.end_ns)
+            self.actors[key] = actor
+        elif not actor.from_span:
+            actor.start_ns = min(actor.start_ns, obs.start_ns)
+            actor.end_ns = max(actor.end_ns or 0, obs.end_ns)
+        if is_act(obs):
+            self._acted(actor, obs.end_ns)
+
+    @staticmethod
+    def _acted(actor: Actor, at: int) -> None:
+        if actor.last_act is None or at > actor.last_act:
+            actor.last_act = at
 
     def _log(self, fact: str) -> _FactLog:
         log = self._facts.get(fact)
@@ -99,18 +166,52 @@ class History:
 
     def add_scope(self, scope: Scope) -> None:
         self.scopes[scope.span_id] = scope
+        if scope.kind == ScopeKind.AGENT:
+            actor = self.actors.get(scope.span_id)
+            if actor is None:
+                actor = Actor(scope.span_id, scope.agent, scope.start_ns, scope.end_ns)
+                self.actors[scope.span_id] = actor
+            actor.agent, actor.start_ns, actor.end_ns = scope.agent, scope.start_ns, scope.end_ns
+            actor.from_span = True
+        elif scope.kind == ScopeKind.DECISION and scope.end_ns is not None:
+            if scope.span_id in self._counted_decisions:
+                return
+            self._counted_decisions.add(scope.span_id)
+            key = scope.parent_agent_scope or f"agent:{scope.agent}"
+            actor = self.actors.get(key)
+            if actor is None:
+                actor = Actor(key, scope.agent, scope.start_ns, scope.end_ns)
+                self.actors[key] = actor
+            self._acted(actor, scope.end_ns)
 
     def add_txn_end(self, end: TxnEnd) -> None:
         self.txn_ends[end.txn_id] = end
+        for fact in self._txn_facts.get(end.txn_id, ()):
+            self._writes_cache.pop(fact, None)
+
+    def take_unacted_reads(self, actor: str) -> list[str]:
+        """Facts `actor` read since this was last asked: the views its new act may change."""
+        return list(self._unacted_reads.pop(actor, {}))
+
+    def txn_facts(self, txn_id: str) -> set[str]:
+        return set(self._txn_facts.get(txn_id, ()))
 
     # ------------------------------------------------------------------ views
+
+    def decision_inputs(self, decision_span_id: str) -> list[str]:
+        """`fact@version` of every read made inside the decision, in order."""
+        return list(self._decision_inputs.get(decision_span_id, {}))
 
     def writes(self, fact: str) -> list[Write]:
         """Every write of `fact` with its commit time, in commit order (uncommitted last).
 
         When the fact also lives in a non-cache tier, cache writes (fills, invalidations)
         copy or drop versions rather than make them, so they are left out of its history.
+        Callers must not change the list.
         """
+        cached = self._writes_cache.get(fact)
+        if cached is not None:
+            return cached
         log = self._facts.get(fact)
         if log is None:
             return []
@@ -122,6 +223,7 @@ class History:
         if any(w.obs.tier != Tier.CACHE for w in out):
             out = [w for w in out if w.obs.tier != Tier.CACHE]
         out.sort(key=lambda w: (w.commit_ns is None, w.commit_ns or w.obs.end_ns))
+        self._writes_cache[fact] = out
         return out
 
     def committed_writes(self, fact: str) -> list[Write]:
@@ -153,5 +255,5 @@ class History:
         return out
 
     def all_reads(self) -> Iterator[Read]:
-        for fact in self._facts:
+        for fact in self.facts():
             yield from self.reads(fact)

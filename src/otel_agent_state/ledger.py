@@ -23,14 +23,13 @@ from dataclasses import dataclass, field, replace
 
 from .config import Consistency
 from .detectors import (
-    actor_key,
     detect_divergent_views,
     detect_lost_updates,
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from .history import History
-from .model import Anomaly, AnomalyKind, Observation, Op, Scope, ScopeKind, Severity, TxnEnd
+from .history import History, actor_key, is_act
+from .model import Anomaly, AnomalyKind, Observation, Scope, ScopeKind, Severity, TxnEnd
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,10 +55,6 @@ class LedgerStats:
     traces: int
     dropped_facts: int
     evicted_traces: int
-
-
-def _is_act(obs: Observation) -> bool:
-    return bool(obs.writes) and obs.op != Op.READ and not obs.failed
 
 
 class Ledger:
@@ -106,7 +101,7 @@ class Ledger:
     def _bounded(self, state: TraceState, obs: Observation) -> Observation:
         history = state.history
         room = self.limits.max_facts_per_trace
-        known = sum(1 for _ in history.facts())
+        known = history.fact_count()
         if known + len(obs.reads) + len(obs.writes) <= room:
             return obs
         kept_facts: set[str] = set()
@@ -175,10 +170,13 @@ class Ledger:
                         out.append(anomaly)
                     else:
                         state.pending.setdefault(actor_key(obs), []).append(anomaly)
-            if _is_act(obs):
+            if is_act(obs):
                 out.extend(self._acted(state, actor_key(obs)))
                 if obs.committed:
-                    out.extend(self._fresh(state, detect_lost_updates(state.history)))
+                    written = {item.fact for item in obs.writes}
+                    out.extend(
+                        self._fresh(state, detect_lost_updates(state.history, facts=written))
+                    )
         return out
 
     def add_txn_end(self, end: TxnEnd) -> list[Anomaly]:
@@ -187,7 +185,8 @@ class Ledger:
             state = self._state(end.trace_id, out)
             state.history.add_txn_end(end)
             if end.outcome == "commit":
-                out.extend(self._fresh(state, detect_lost_updates(state.history)))
+                written = state.history.txn_facts(end.txn_id)
+                out.extend(self._fresh(state, detect_lost_updates(state.history, facts=written)))
         return out
 
     def check_read(self, obs: Observation) -> list[Anomaly]:
@@ -208,15 +207,7 @@ class Ledger:
         """`fact@version` for every read made inside the decision, in order."""
         with self._lock:
             state = self._traces.get(trace_id)
-            if state is None:
-                return []
-            inputs = [
-                f"{item.fact}@{item.version.text}"
-                for obs in sorted(state.history.observations.values(), key=lambda o: o.end_ns)
-                if obs.decision == decision_span_id
-                for item in obs.reads
-            ]
-        return list(dict.fromkeys(inputs))
+            return [] if state is None else state.history.decision_inputs(decision_span_id)
 
     def close_trace(self, trace_id: str) -> list[Anomaly]:
         with self._lock:
@@ -248,7 +239,9 @@ class Ledger:
 
     def _acted(self, state: TraceState, actor: str) -> list[Anomaly]:
         out = self._flush_pending(state, actor, Severity.ERROR)
-        out.extend(self._fresh(state, detect_divergent_views(state.history, only_actors=[actor])))
+        facts = state.history.take_unacted_reads(actor)
+        divergent = detect_divergent_views(state.history, only_actors=[actor], facts=facts)
+        out.extend(self._fresh(state, divergent))
         return out
 
     def _flush_pending(self, state: TraceState, actor: str, severity: Severity) -> list[Anomaly]:
@@ -295,19 +288,8 @@ def _acted_after(history: History, anomaly: Anomaly) -> bool:
     read = history.observations.get(anomaly.span_id)
     if read is None:
         return False
-    actor = actor_key(read)
-    if any(
-        actor_key(obs) == actor and _is_act(obs) and obs.start_ns >= read.end_ns
-        for obs in history.observations.values()
-    ):
-        return True
-    return any(
-        scope.kind == ScopeKind.DECISION
-        and (scope.parent_agent_scope or f"agent:{scope.agent}") == actor
-        and scope.end_ns is not None
-        and scope.end_ns >= read.end_ns
-        for scope in history.scopes.values()
-    )
+    actor = history.actors.get(actor_key(read))
+    return actor is not None and actor.last_act is not None and actor.last_act >= read.end_ns
 
 
 __all__ = ["AnomalyKind", "Ledger", "LedgerLimits", "LedgerStats"]
