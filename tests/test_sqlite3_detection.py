@@ -1,0 +1,169 @@
+"""sqlite3 instrumentation + processor on real SQLite files: findings from plain sqlite3
+calls, raise mode, and the correct twins."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from otel_agent_state import StaleReadError, agent, configure, decision, workflow
+from otel_agent_state import attributes as A
+from otel_agent_state.instrumentation.sqlite3 import SQLite3Instrumentor
+
+from .conftest import Telemetry
+
+RULES = [
+    {
+        "name": "credit_score",
+        "keys": [
+            "sqlite:*/credit_scores/{id}",
+            {"pattern": "sqlite:*/score_cache/{id}", "tier": "cache"},
+        ],
+        "version": {"column": "version"},
+    },
+    {"name": "account", "keys": ["sqlite:*/accounts/{id}"]},  # digest versions
+]
+
+
+@pytest.fixture
+def db(telemetry: Telemetry, tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "app.db"
+    setup = sqlite3.connect(path)
+    setup.executescript(
+        """
+        CREATE TABLE credit_scores (id INTEGER PRIMARY KEY, score INTEGER, version INTEGER);
+        CREATE TABLE score_cache (id INTEGER PRIMARY KEY, score INTEGER, version INTEGER);
+        CREATE TABLE accounts (id TEXT PRIMARY KEY, balance INTEGER);
+        INSERT INTO credit_scores VALUES (42, 680, 1);
+        INSERT INTO score_cache VALUES (42, 680, 1);
+        INSERT INTO accounts VALUES ('A', 1000), ('B', 0);
+        """
+    )
+    setup.commit()
+    setup.close()
+    configure(rules=RULES)
+    instrumentor = SQLite3Instrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.provider)
+    yield path
+    instrumentor.uninstrument()
+
+
+def _rescore(path: Path, invalidate: bool) -> None:
+    with agent("credit-scorer"):
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("UPDATE credit_scores SET score = 750, version = version + 1 WHERE id = 42")
+        if invalidate:
+            conn.execute("DELETE FROM score_cache WHERE id = 42")
+        conn.close()
+
+
+def test_raise_mode_stops_the_stale_cache_read_before_the_agent_sees_it(
+    telemetry: Telemetry, db: Path
+) -> None:
+    configure(on_anomaly="raise")
+    with workflow("credit"):
+        _rescore(db, invalidate=False)
+        with agent("risk-assessor"):
+            conn = sqlite3.connect(db)
+            cursor = conn.execute("SELECT score, version FROM score_cache WHERE id = 42")
+            with pytest.raises(StaleReadError) as caught:
+                cursor.fetchone()
+            fresh = conn.execute("SELECT score FROM credit_scores WHERE id = 42").fetchone()
+            conn.close()
+    assert fresh == (750,)
+    anomaly = caught.value.anomaly
+    assert (anomaly.fact, anomaly.observed_version, anomaly.expected_version) == (
+        "credit_score/42",
+        "n:1",
+        "n:2",
+    )
+    [span] = telemetry.anomalies("stale_read")
+    assert (span.attributes or {})[A.ANOMALY_AGENTS] == ("risk-assessor", "credit-scorer")
+
+
+def test_raise_mode_lets_fresh_reads_through(telemetry: Telemetry, db: Path) -> None:
+    configure(on_anomaly="raise")
+    with workflow("credit"):
+        _rescore(db, invalidate=True)
+        with agent("risk-assessor"):
+            conn = sqlite3.connect(db)
+            assert conn.execute("SELECT score FROM score_cache WHERE id = 42").fetchone() is None
+            assert conn.execute("SELECT * FROM credit_scores WHERE id = 42").fetchone() == (
+                42,
+                750,
+                2,
+            )
+            conn.close()
+    assert telemetry.anomalies() == []
+
+
+def _transfer_share(path: Path, name: str, barrier: threading.Barrier, amount: int) -> None:
+    with agent(name):
+        conn = sqlite3.connect(path, isolation_level=None)
+        (balance,) = conn.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()
+        barrier.wait()  # both read before either writes: the classic lost update
+        if name == "bob":
+            barrier.wait()
+        conn.execute("UPDATE accounts SET balance = ? WHERE id = 'A'", (balance - amount,))
+        if name == "alice":
+            barrier.wait()
+        conn.close()
+
+
+def test_lost_update_between_two_agents_in_threads(telemetry: Telemetry, db: Path) -> None:
+    from opentelemetry import context
+
+    barrier = threading.Barrier(2, timeout=10)
+    with workflow("payouts"):
+        parent = context.get_current()
+
+        def run(name: str, amount: int) -> None:
+            token = context.attach(parent)
+            try:
+                _transfer_share(db, name, barrier, amount)
+            finally:
+                context.detach(token)
+
+        threads = [
+            threading.Thread(target=run, args=("alice", 100)),
+            threading.Thread(target=run, args=("bob", 300)),
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    conn = sqlite3.connect(db)
+    assert conn.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone() == (700,)
+    conn.close()
+    [lost] = telemetry.anomalies("lost_update")
+    attrs = lost.attributes or {}
+    assert attrs[A.ANOMALY_FACT] == "account/A"
+    assert attrs[A.ANOMALY_AGENTS] == ("alice", "bob")
+    assert str(attrs[A.ANOMALY_OBSERVED]).startswith("h:")  # digest versions
+    assert attrs[A.ANOMALY_OBSERVED] != attrs[A.ANOMALY_EXPECTED]
+    assert len(lost.links) == 3
+
+
+def test_sequential_read_modify_write_is_not_a_lost_update(telemetry: Telemetry, db: Path) -> None:
+    with workflow("payouts"):
+        for name, amount in (("alice", 100), ("bob", 300)):
+            with agent(name):
+                conn = sqlite3.connect(db, isolation_level=None)
+                (balance,) = conn.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()
+                conn.execute("UPDATE accounts SET balance = ? WHERE id = 'A'", (balance - amount,))
+                conn.close()
+    assert telemetry.anomalies() == []
+
+
+def test_decision_inputs_come_from_instrumented_reads(telemetry: Telemetry, db: Path) -> None:
+    with agent("risk-assessor"), decision("approve") as chosen:
+        conn = sqlite3.connect(db)
+        conn.execute("SELECT score, version FROM credit_scores WHERE id = 42").fetchone()
+        conn.close()
+        chosen.outcome("approved")
+    span = telemetry.span_named("decision approve")
+    assert (span.attributes or {})[A.DECISION_INPUTS] == ("credit_score/42@n:1",)
