@@ -37,6 +37,7 @@ from otel_agent_state.instrumentation import sqlite3 as inst
 from otel_agent_state.model import Anomaly, AnomalyKind
 
 from .conftest import Telemetry
+from .test_sqlite3_instrumentation import attrs, reads, writes
 
 ORIGINAL_CONNECT = sqlite3.connect
 CONTRIB_SCOPE = "opentelemetry.instrumentation.sqlite3"
@@ -145,20 +146,6 @@ class Env:
 
     def clear(self) -> None:
         self.exporter.clear()
-
-
-def attrs(span: ReadableSpan) -> dict[str, Any]:
-    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in (span.attributes or {}).items()}
-
-
-def reads(span: ReadableSpan) -> dict[str, str]:
-    a = attrs(span)
-    return dict(zip(a.get(A.READ_FACTS, []), a.get(A.READ_VERSIONS, []), strict=True))
-
-
-def writes(span: ReadableSpan) -> dict[str, str]:
-    a = attrs(span)
-    return dict(zip(a.get(A.WRITE_FACTS, []), a.get(A.WRITE_VERSIONS, []), strict=True))
 
 
 def db_spans(spans: list[ReadableSpan]) -> list[ReadableSpan]:
