@@ -34,6 +34,9 @@ def test_version_parsing_and_order() -> None:
         500_000_000
     )
     assert parse_version("t:1795687200000000000").ordinal == 1795687200 * 10**9
+    assert parse_version("t:2026-11-26T10:00:00.123456789-02:30").ordinal == (
+        (1795687200 + 9000) * 10**9 + 123456789
+    )
     assert parse_version("h:ABCD").text == "h:abcd"
     assert parse_version("none").is_none
     assert parse_version("n:2").orderable_with(parse_version("n:9"))

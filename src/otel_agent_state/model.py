@@ -6,9 +6,10 @@ work on these types alone, so they can be tested on hand-written histories.
 
 from __future__ import annotations
 
+import calendar
 import re
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timezone
 from enum import Enum
 from typing import Literal
 
@@ -104,16 +105,30 @@ def parse_version(text: str) -> Version:
     )
 
 
+_RFC3339 = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
+    r"(Z|z|[+-]\d{2}:\d{2})$"
+)
+
+
 def _time_ns(body: str) -> int | None:
+    """Epoch nanoseconds from digits or RFC 3339 (nanosecond fractions kept; a zone is
+    required, since a naive timestamp has no order across processes)."""
     if body.isdigit():
         return int(body)
+    found = _RFC3339.match(body)
+    if found is None:
+        return None
+    year, month, day, hour, minute, second = (int(found.group(i)) for i in range(1, 7))
+    zone = found.group(8)
     try:
-        moment = datetime.fromisoformat(body.replace("Z", "+00:00"))
+        moment = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        return None  # a naive timestamp has no order across processes
-    return int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    offset = 0 if zone in ("Z", "z") else (int(zone[1:3]) * 60 + int(zone[4:6])) * 60
+    seconds = calendar.timegm(moment.timetuple()) - (offset if zone[0] == "+" else -offset)
+    fraction = (found.group(7) or "").ljust(9, "0")
+    return seconds * 1_000_000_000 + int(fraction or 0)
 
 
 def ordinal_version(value: int) -> Version:
