@@ -287,3 +287,41 @@ def test_bad_api_input_is_a_clear_error(telemetry: Telemetry) -> None:
         observe_read("credit_score/42", "n:1", tier="l2")
     with pytest.raises(ValueError, match="non-empty string"):
         agent("")
+
+
+def test_asyncio_tasks_keep_their_own_agents(telemetry: Telemetry) -> None:
+    import asyncio
+
+    @agent("limit-setter")
+    async def limit_setter(gate: asyncio.Event) -> None:
+        observe_read("credit_score/42", "n:1", tier="replica")
+        await gate.wait()
+        with decision("set-limit"):
+            pass
+
+    @agent("fraud-checker")
+    async def fraud_checker(gate: asyncio.Event) -> None:
+        observe_read("credit_score/42", "n:2")
+        gate.set()
+        await asyncio.sleep(0)
+        with decision("fraud-check"):
+            pass
+
+    async def main() -> None:
+        gate = asyncio.Event()
+        async with workflow("credit"):
+            with agent("credit-scorer"):
+                observe_write("credit_score/42", "n:2")
+            await asyncio.gather(limit_setter(gate), fraud_checker(gate))
+
+    asyncio.run(main())
+    agents = {
+        (s.attributes or {})[A.READ_VERSIONS][0]: (s.attributes or {})[A.GEN_AI_AGENT_NAME]
+        for s in telemetry.spans()
+        if A.READ_FACTS in (s.attributes or {})
+    }
+    assert agents == {"n:1": "limit-setter", "n:2": "fraud-checker"}
+    kinds = sorted(str((s.attributes or {})[A.ANOMALY_KIND]) for s in telemetry.anomalies())
+    assert kinds == ["divergent_view", "stale_read"]
+    [divergent] = telemetry.anomalies("divergent_view")
+    assert (divergent.attributes or {})[A.ANOMALY_AGENTS] == ("limit-setter", "fraud-checker")
