@@ -208,3 +208,12 @@ def test_configure_from_code() -> None:
         configure(max_traces=0)
     with pytest.raises(ConfigError, match="on_anomaly"):
         configure(on_anomaly="explode")
+
+
+def test_consistency_label_lists_the_models_of_the_facts_read() -> None:
+    settings = Settings(rules=parse_rules_text(GOOD, "facts.toml"))
+    assert settings.consistency_label(["credit_score/1"]) == "linearizable"
+    assert settings.consistency_label(["memory/a", "credit_score/1", "memory/b"]) == (
+        "bounded:500,linearizable"
+    )
+    assert settings.consistency_label([]) == "linearizable"

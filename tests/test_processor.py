@@ -88,10 +88,11 @@ def test_stale_read_is_reported_as_span_with_links_event_and_metrics(telemetry: 
     }
 
 
-def test_observation_spans_carry_the_agent(telemetry: Telemetry) -> None:
+def test_observation_spans_carry_the_agent_and_consistency(telemetry: Telemetry) -> None:
     _canonical_stale_read()
     cache_read = telemetry.span_named("agentstate.read redis")
     assert (cache_read.attributes or {})[A.GEN_AI_AGENT_NAME] == "risk-assessor"
+    assert (cache_read.attributes or {})[A.CONSISTENCY] == "linearizable"
 
 
 def test_correct_workflow_reports_nothing(telemetry: Telemetry) -> None:

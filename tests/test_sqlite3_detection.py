@@ -167,3 +167,5 @@ def test_decision_inputs_come_from_instrumented_reads(telemetry: Telemetry, db: 
         chosen.outcome("approved")
     span = telemetry.span_named("decision approve")
     assert (span.attributes or {})[A.DECISION_INPUTS] == ("credit_score/42@n:1",)
+    [read] = [s for s in telemetry.spans() if A.READ_FACTS in (s.attributes or {})]
+    assert (read.attributes or {})[A.CONSISTENCY] == "linearizable"

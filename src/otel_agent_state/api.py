@@ -279,6 +279,7 @@ def observe_read(
             A.OP: Op.READ.value,
             A.READ_FACTS: [fact],
             A.READ_VERSIONS: [text],
+            A.CONSISTENCY: get_settings().consistency_label([fact]),
         },
     )
     try:

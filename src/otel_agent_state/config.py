@@ -11,7 +11,7 @@ import os
 import re
 import secrets
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -176,6 +176,11 @@ class Settings:
         if rule is not None and rule.consistency is not None:
             return rule.consistency
         return self.consistency
+
+    def consistency_label(self, facts: Iterable[str]) -> str:
+        """`agentstate.consistency` for a read of `facts`: their models, distinct, in order."""
+        models = dict.fromkeys(str(self.consistency_for(fact)) for fact in facts)
+        return ",".join(models) or str(self.consistency)
 
     def digest(self, data: bytes) -> str:
         """Keyed BLAKE2b: equal values give equal versions, and no value can be recovered."""

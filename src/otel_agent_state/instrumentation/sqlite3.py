@@ -425,6 +425,7 @@ class _Observation:
             return
         span.set_attribute(A.READ_FACTS, list(self.read_facts))
         span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
+        span.set_attribute(A.CONSISTENCY, get_settings().consistency_label(self.read_facts))
 
     def fail(self, exc: BaseException) -> None:
         try:
