@@ -10,4 +10,4 @@ echo
 echo "== the same under opentelemetry-instrument (console exporters) =="
 OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none \
   .venv/bin/opentelemetry-instrument --service_name credit-demo \
-  .venv/bin/otel-agent-state demo --quiet-spans
+  .venv/bin/otel-agent-state demo
