@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
@@ -326,3 +328,49 @@ def test_asyncio_tasks_keep_their_own_agents(telemetry: Telemetry) -> None:
     assert kinds == ["divergent_view", "stale_read"]
     [divergent] = telemetry.anomalies("divergent_view")
     assert (divergent.attributes or {})[A.ANOMALY_AGENTS] == ("limit-setter", "fraud-checker")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["read", "write", "txn_commit", "txn_rollback", "fail"]),
+            st.text(min_size=1, max_size=40),
+            st.one_of(st.none(), st.integers(min_value=0, max_value=5)),
+            st.sampled_from(["primary", "replica", "cache", "index"]),
+        ),
+        max_size=25,
+    )
+)
+def test_arbitrary_workflows_never_raise_from_our_code(
+    telemetry: Telemetry, steps: list[tuple[str, str, int | None, str]]
+) -> None:
+    telemetry.exporter.clear()
+    with workflow("fuzz"):
+        for index, (kind, fact, version, tier) in enumerate(steps):
+            try:
+                with agent(f"agent-{index % 3}"):
+                    if kind == "read":
+                        observe_read(fact, version, tier=tier)
+                    elif kind == "write":
+                        observe_write(fact, version, tier=tier)
+                    elif kind.startswith("txn"):
+                        observe_write(fact, version, txn_id="t", committed=False)
+                        end_transaction("t", kind.removeprefix("txn_"))
+                    else:
+                        observe_write(fact, version)
+                        raise KeyError("the agent's own failure")
+            except KeyError:
+                pass
+    for span in telemetry.anomalies():
+        attrs = span.attributes or {}
+        assert attrs[A.ANOMALY_KIND] in {
+            "stale_read",
+            "divergent_view",
+            "orphaned_mutation",
+            "lost_update",
+        }
+        assert attrs[A.ANOMALY_SEVERITY] in {"error", "warning"}
+    assert telemetry.processor.ledger.stats().traces == 0
