@@ -330,6 +330,8 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
     for read in history.reads(fact):
         if not _is_miss(read):
             reads.setdefault(actor_key(read.obs), []).append(read)
+    if len(reads) < 2:
+        return {}  # a lost update needs two writers that both read the fact
     ends = {key: [r.obs.end_ns for r in rs] for key, rs in reads.items()}
     groups: dict[str, list[tuple[Write, Read]]] = {}
     for write in history.committed_writes(fact):

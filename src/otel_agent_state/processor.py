@@ -50,9 +50,10 @@ _MAX_OPEN_SPANS = 200_000
 _SWEEP_EVERY_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every span, and frozen __init__ is slower
 class _Ctx:
-    """What a span inherits: its agent and the scopes it sits in."""
+    """What a span inherits: its agent and the scopes it sits in (never changed once made;
+    plain spans share their parent's)."""
 
     trace_id: str
     agent: str | None
@@ -63,6 +64,27 @@ class _Ctx:
     scope_kind: ScopeKind | None
     local_root: bool
     born: float = 0.0  # monotonic time of on_start, to forget spans that never end
+    own_id: str | None = None  # the span this context was made for
+    _children: _Ctx | None = None
+
+    def for_children(self) -> _Ctx:
+        """The context plain child spans share: same agent and scopes, neither root nor scope."""
+        if self.scope_kind is None and not self.local_root:
+            return self
+        if self._children is None:
+            self._children = _Ctx(
+                trace_id=self.trace_id,
+                agent=self.agent,
+                agent_scope=self.agent_scope,
+                decision=self.decision,
+                mutation=self.mutation,
+                parent=self.own_id,
+                scope_kind=None,
+                local_root=False,
+                born=self.born,
+                own_id=self.own_id,
+            )
+        return self._children
 
 
 def _hex_span(value: int) -> str:
@@ -81,12 +103,10 @@ def _context(span: ReadableSpan) -> SpanContext:
 
 
 def _is_ours(span: ReadableSpan) -> bool:
+    if not span.name.startswith(A.ANOMALY_SPAN_PREFIX):
+        return False
     scope = span.instrumentation_scope
-    return (
-        scope is not None
-        and scope.name == A.SCOPE_NAME
-        and span.name.startswith(A.ANOMALY_SPAN_PREFIX)
-    )
+    return scope is not None and scope.name == A.SCOPE_NAME
 
 
 def _str(attrs: Mapping[str, Any], key: str) -> str | None:
@@ -198,14 +218,26 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         if _is_ours(span):
             return
         context = _context(span)
-        attrs = span.attributes or {}
+        raw = span.attributes
+        attrs: dict[str, Any] = dict(raw) if raw else {}  # one copy: SDK lookups take a lock
         parent = span.parent
         inherited = (
             self._open.get(parent.span_id) if parent is not None and not parent.is_remote else None
         )
+        scope_kind = self._scope_kind(attrs)
+        if (
+            inherited is not None
+            and scope_kind is None
+            and A.STORE not in attrs
+            and (inherited.agent is not None or not attrs.keys() & _FRAMEWORK_AGENT_HINTS)
+        ):
+            # The common case, a plain span inside tracked work: it inherits all there is.
+            with self._lock:
+                if len(self._open) < _MAX_OPEN_SPANS:
+                    self._open[context.span_id] = inherited.for_children()
+            return
         trace_id = _hex_trace(context.trace_id)
         span_id = _hex_span(context.span_id)
-        scope_kind = self._scope_kind(attrs)
         agent = inherited.agent if inherited else None
         agent_scope = inherited.agent_scope if inherited else None
         decision = inherited.decision if inherited else None
@@ -219,8 +251,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         elif scope_kind == ScopeKind.MUTATION:
             mutation = span_id
         if agent is None:
-            hint = next((_str(attrs, k) for k in _FRAMEWORK_AGENT_HINTS if _str(attrs, k)), None)
-            agent = hint
+            agent = next(filter(None, (_str(attrs, k) for k in _FRAMEWORK_AGENT_HINTS)), None)
         ctx = _Ctx(
             trace_id=trace_id,
             agent=agent,
@@ -231,6 +262,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             scope_kind=scope_kind,
             local_root=parent is None or parent.is_remote,
             born=time.monotonic(),
+            own_id=span_id,
         )
         with self._lock:
             if len(self._open) < _MAX_OPEN_SPANS:
