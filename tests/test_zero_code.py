@@ -138,3 +138,48 @@ def test_we_register_no_configurator_and_distro_stays_the_one() -> None:
     }
     hooks = [ep.value for ep in entry_points(group="opentelemetry_post_instrument")]
     assert "otel_agent_state.autoinstrument:install_processor" in hooks
+
+
+ABANDONED = """
+import sqlite3, sys
+from opentelemetry import trace
+
+tracer = trace.get_tracer("my.agents")
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.executescript(
+    "CREATE TABLE accounts (id TEXT PRIMARY KEY, balance INTEGER);"
+    "INSERT INTO accounts VALUES ('A', 1000);"
+)
+span = tracer.start_span(
+    "invoke_agent payments",
+    attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "payments"},
+)
+with trace.use_span(span, end_on_exit=False):
+    conn.execute("UPDATE accounts SET balance = balance - 100 WHERE id = 'A'")
+print("exiting with the agent span still open", flush=True)
+"""
+
+
+def test_scope_open_at_process_exit_is_reported_before_exporters_stop(tmp_path: Path) -> None:
+    app = tmp_path / "abandoned.py"
+    app.write_text(ABANDONED)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONPATH"))}
+    env.update(
+        OTEL_TRACES_EXPORTER="console", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none"
+    )
+    result = subprocess.run(
+        [str(LAUNCHER), sys.executable, str(app), str(tmp_path / "app.db")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    [orphan] = [s for s in _spans(result.stdout) if s["name"].startswith("agentstate.anomaly")]
+    attrs = orphan["attributes"]
+    assert attrs["agentstate.anomaly.kind"] == "orphaned_mutation"
+    assert attrs["agentstate.anomaly.fact"] == "sqlite:app/accounts/A"
+    assert attrs["agentstate.anomaly.agents"] == ["payments"]
+    assert "never ended" in attrs["agentstate.anomaly.summary"]
