@@ -217,3 +217,17 @@ def test_consistency_label_lists_the_models_of_the_facts_read() -> None:
         "bounded:500,linearizable"
     )
     assert settings.consistency_label([]) == "linearizable"
+
+
+def test_bad_environment_is_read_once(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    bad = tmp_path / "facts.toml"
+    bad.write_text('[[facts]]\nname = "a"\nkeys = []\n')
+    monkeypatch.setenv("OTEL_AGENTSTATE_CONFIG", str(bad))
+    with pytest.raises(ConfigError) as first:
+        get_settings()
+    bad.write_text(GOOD)  # not re-read: the process keeps reporting the start-up error
+    with pytest.raises(ConfigError) as again:
+        get_settings()
+    assert again.value is first.value
+    set_settings(None)
+    assert [r.name for r in get_settings().rules] == ["credit_score", "memory"]

@@ -449,17 +449,27 @@ def _parse_rule(raw: Any, index: int, start: int, text: str, filename: str) -> F
 # ---------------------------------------------------------------- process-wide settings
 
 _current: Settings | None = None
+_failure: ConfigError | None = None  # a bad config is read once, not on every call
 
 
 def get_settings() -> Settings:
-    """The process-wide settings, read from the environment on first use."""
-    global _current
+    """The process-wide settings, read from the environment on first use.
+
+    Raises ConfigError when they are bad (the same error again on later calls)."""
+    global _current, _failure
     if _current is None:
-        _current = settings_from_env()
+        if _failure is not None:
+            raise _failure
+        try:
+            _current = settings_from_env()
+        except ConfigError as exc:
+            _failure = exc
+            raise
     return _current
 
 
 def set_settings(settings: Settings | None) -> None:
     """Replace the process-wide settings (None: read the environment again on next use)."""
-    global _current
+    global _current, _failure
     _current = settings
+    _failure = None
