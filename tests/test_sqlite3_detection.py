@@ -169,3 +169,41 @@ def test_decision_inputs_come_from_instrumented_reads(telemetry: Telemetry, db: 
     assert (span.attributes or {})[A.DECISION_INPUTS] == ("credit_score/42@n:1",)
     [read] = [s for s in telemetry.spans() if A.READ_FACTS in (s.attributes or {})]
     assert (read.attributes or {})[A.CONSISTENCY] == "linearizable"
+
+
+@pytest.mark.parametrize(
+    "row_factory",
+    [
+        sqlite3.Row,
+        lambda cursor, row: {d[0]: v for d, v in zip(cursor.description, row, strict=True)},
+    ],
+    ids=["sqlite3.Row", "dict"],
+)
+def test_row_and_text_factories_do_not_change_what_is_recorded(
+    telemetry: Telemetry, db: Path, row_factory: object
+) -> None:
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.row_factory = row_factory  # type: ignore[assignment]
+    conn.text_factory = bytes
+    conn.execute("UPDATE accounts SET balance = 900 WHERE id = 'A'")
+    row = conn.execute("SELECT balance FROM accounts WHERE id = 'A'").fetchone()
+    assert row["balance"] == 900  # the application's row shape is untouched
+    conn.close()
+    [update] = [s for s in telemetry.spans() if s.name == "UPDATE accounts"]
+    [select] = [s for s in telemetry.spans() if s.name == "SELECT accounts"]
+    written = (update.attributes or {})[A.WRITE_VERSIONS]
+    assert (update.attributes or {})[A.WRITE_FACTS] == ("account/A",)
+    assert (select.attributes or {})[A.READ_FACTS] == ("account/A",)
+    assert (select.attributes or {})[A.READ_VERSIONS] == written  # projection matched
+    assert A.UNRESOLVED not in (update.attributes or {})
+
+
+def test_custom_row_shapes_are_not_guessed(telemetry: Telemetry, db: Path) -> None:
+    conn = sqlite3.connect(db)
+    conn.row_factory = lambda cursor, row: "opaque"
+    assert conn.execute("SELECT * FROM accounts WHERE id = 'A'").fetchone() == "opaque"
+    conn.close()
+    [select] = [s for s in telemetry.spans() if s.name == "SELECT accounts"]
+    attrs = select.attributes or {}
+    assert attrs.get(A.READ_FACTS, ()) == ()
+    assert attrs[A.UNRESOLVED] == "row factory"

@@ -212,10 +212,9 @@ class _ConnState:
             if self.databases is None:
                 self.databases = {}
                 try:
-                    with _suppressed():
-                        rows = self.raw.execute("PRAGMA database_list").fetchall()
+                    rows = _meta(self.raw, "PRAGMA database_list")
                     for row in rows:
-                        name, path = str(row[1]), str(row[2] or "")
+                        name, path = _text(row[1]), _text(row[2] or "")
                         self.databases[name.lower()] = PurePath(path).stem if path else "memory"
                 except Exception:
                     _log.debug("database_list failed", exc_info=True)
@@ -240,25 +239,45 @@ class _ConnState:
     def _load_table(self, schema: str | None, name: str) -> _Table | None:
         prefix = _quote(schema) + "." if schema else ""
         master = "sqlite_temp_master" if (schema or "").lower() == "temp" else "sqlite_master"
-        with _suppressed():
-            found = self.raw.execute(
-                f"SELECT name FROM {prefix}{master} "
-                "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
-                (name,),
-            ).fetchone()
-            if found is None:
-                return None
-            rows = self.raw.execute(f"PRAGMA {prefix}table_info({_quote(name)})").fetchall()
-        columns = tuple(str(row[1]).lower() for row in rows)
-        keyed = sorted((int(row[5]), str(row[1]).lower(), str(row[2])) for row in rows if row[5])
+        found = _meta(
+            self.raw,
+            f"SELECT name FROM {prefix}{master} "
+            "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
+            (name,),
+        )
+        if not found:
+            return None
+        rows = _meta(self.raw, f"PRAGMA {prefix}table_info({_quote(name)})")
+        columns = tuple(_text(row[1]).lower() for row in rows)
+        keyed = sorted(
+            (int(row[5]), _text(row[1]).lower(), _text(row[2])) for row in rows if row[5]
+        )
         pk = tuple(col for _, col, _ in keyed)
         integer_pk = len(keyed) == 1 and keyed[0][2].strip().upper() == "INTEGER"
-        return _Table(str(found[0]), columns, pk, integer_pk)
+        return _Table(_text(found[0][0]), columns, pk, integer_pk)
 
     def forget_tables(self) -> None:
         with self.lock:
             self.tables.clear()
             self.databases = None
+
+
+def _text(value: object) -> str:
+    """Schema text as str whatever the connection's text_factory made of it."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _meta(raw: Any, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+    """Our own schema query: untraced, and as plain tuples whatever the row_factory."""
+    with _suppressed():
+        cursor = raw.cursor()
+        try:
+            cursor.row_factory = None
+            return list(cursor.execute(query, params).fetchall())
+        finally:
+            cursor.close()
 
 
 def _quote(name: str) -> str:
@@ -585,10 +604,12 @@ class _Read:
         try:
             if isinstance(row, Mapping):
                 items = [row.get(n) for n in self.names]
-            else:
+            elif isinstance(row, (tuple, sqlite3.Row)) and len(row) == len(self.names):
                 items = [row[i] for i in range(len(self.names))]
+            else:
+                raise TypeError(f"row of type {type(row).__name__}")
         except Exception:
-            self.obs.unresolved("row factory")
+            self.obs.unresolved("row factory")  # we do not guess at custom row shapes
             return None
         return {c: v for c, v in zip(self.columns, items, strict=False) if c is not None}
 
