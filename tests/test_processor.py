@@ -374,3 +374,14 @@ def test_arbitrary_workflows_never_raise_from_our_code(
         }
         assert attrs[A.ANOMALY_SEVERITY] in {"error", "warning"}
     assert telemetry.processor.ledger.stats().traces == 0
+
+
+def test_attribute_fast_path_matches_the_sdk(telemetry: Telemetry) -> None:
+    from otel_agent_state.processor import _plain
+
+    span = telemetry.provider.get_tracer("x").start_span("s", attributes={"k": "v"})
+    assert _plain(span) == {"k": "v"}
+    # The fast path reads the SDK's backing dict; if an SDK upgrade moves it, this fails
+    # loudly instead of silently falling back to the slow, locked lookups.
+    assert _plain(span) is span._attributes._dict  # type: ignore[attr-defined]
+    span.end()

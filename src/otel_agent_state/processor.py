@@ -109,6 +109,16 @@ def _is_ours(span: ReadableSpan) -> bool:
     return scope is not None and scope.name == A.SCOPE_NAME
 
 
+def _plain(span: ReadableSpan) -> Mapping[str, Any]:
+    """A span's attributes for reading. `span.attributes` is a proxy over the SDK's
+    BoundedAttributes, which takes a lock on every lookup: that was most of our per-span
+    cost, so the backing dict is read directly (SDK pinned; test_processor checks this)."""
+    backing = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if isinstance(backing, dict):
+        return backing
+    return dict(span.attributes or {})
+
+
 def _str(attrs: Mapping[str, Any], key: str) -> str | None:
     value = attrs.get(key)
     return value if isinstance(value, str) and value else None
@@ -218,8 +228,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         if _is_ours(span):
             return
         context = _context(span)
-        raw = span.attributes
-        attrs: dict[str, Any] = dict(raw) if raw else {}  # one copy: SDK lookups take a lock
+        attrs = _plain(span)
         parent = span.parent
         inherited = (
             self._open.get(parent.span_id) if parent is not None and not parent.is_remote else None
@@ -232,9 +241,9 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             and (inherited.agent is not None or not attrs.keys() & _FRAMEWORK_AGENT_HINTS)
         ):
             # The common case, a plain span inside tracked work: it inherits all there is.
-            with self._lock:
-                if len(self._open) < _MAX_OPEN_SPANS:
-                    self._open[context.span_id] = inherited.for_children()
+            # One dict store is atomic under the GIL; the sweep iterates over a snapshot.
+            if len(self._open) < _MAX_OPEN_SPANS:
+                self._open[context.span_id] = inherited.for_children()
             return
         trace_id = _hex_trace(context.trace_id)
         span_id = _hex_span(context.span_id)
@@ -343,15 +352,21 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         if _is_ours(span):
             return
         context = _context(span)
-        with self._lock:
-            ctx = self._open.pop(context.span_id, None)
-            self._live.pop(context.span_id, None)
-            early = context.span_id in self._early_closed
-            self._early_closed.discard(context.span_id)
+        ctx = self._open.pop(context.span_id, None)
+        attrs = _plain(span)
+        early = False
         if ctx is None:
             ctx = self._fallback_ctx(span)
+        elif ctx.scope_kind is None and not ctx.local_root:
+            if A.OP not in attrs and A.TXN_OUTCOME not in attrs:
+                self._maybe_sweep()
+                return  # a span with no state on it: nothing more to do
+        else:
+            with self._lock:
+                self._live.pop(context.span_id, None)
+                early = context.span_id in self._early_closed
+                self._early_closed.discard(context.span_id)
         found: list[Anomaly] = []
-        attrs = span.attributes or {}
         if A.OP in attrs:
             obs = self._observation(span, ctx)
             if obs is not None:
@@ -376,20 +391,23 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             found.extend(self._ledger.add_scope(self._ended_scope(span, ctx)))
         if ctx.local_root and not early:
             found.extend(self._ledger.close_trace(ctx.trace_id))
+        self._emit(found)
+        self._maybe_sweep()
+
+    def _maybe_sweep(self) -> None:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + _SWEEP_EVERY_S
-            found.extend(self._ledger.close_expired())
+            self._emit(self._ledger.close_expired())
             self._forget_stale_spans(now)
-        self._emit(found)
 
     def _forget_stale_spans(self, now: float) -> None:
         """Spans open longer than the trace TTL are never ending: stop tracking them."""
         horizon = now - self.settings.trace_ttl_ms / 1000
         with self._lock:
-            stale = [key for key, ctx in self._open.items() if ctx.born < horizon]
+            stale = [key for key, ctx in list(self._open.items()) if ctx.born < horizon]
             for key in stale:
-                del self._open[key]
+                self._open.pop(key, None)
                 self._live.pop(key, None)
                 self._early_closed.discard(key)
 
