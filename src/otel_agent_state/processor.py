@@ -326,7 +326,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         end_ns: int | None,
         failed: bool = False,
     ) -> Scope:
-        attrs = span.attributes or {}
+        attrs = _plain(span)
         name = (
             _str(attrs, A.MUTATION_NAME)
             or _str(attrs, A.DECISION_INTENT)
@@ -413,7 +413,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
 
     def _ended_scope(self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None) -> Scope:
         assert ctx.scope_kind is not None
-        attrs = span.attributes or {}
+        attrs = _plain(span)
         failed = span.status.status_code == StatusCode.ERROR or any(
             event.name == "exception" for event in span.events
         )
@@ -429,7 +429,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         )
 
     def _fallback_ctx(self, span: ReadableSpan) -> _Ctx:
-        attrs = span.attributes or {}
+        attrs = _plain(span)
         parent = span.parent
         kind = self._scope_kind(attrs)
         span_id = _hex_span(_context(span).span_id)
@@ -447,7 +447,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
     def _observation(
         self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None
     ) -> Observation | None:
-        attrs = span.attributes or {}
+        attrs = _plain(span)
         try:
             op = Op(_str(attrs, A.OP) or "")
         except ValueError:
@@ -522,7 +522,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         """Set `gen_ai.agent.name` on an open span that became an observation after it started."""
         if not isinstance(span, Span) or not span.is_recording():
             return
-        if A.GEN_AI_AGENT_NAME in (span.attributes or {}):
+        if A.GEN_AI_AGENT_NAME in _plain(span):
             return
         with self._lock:
             ctx = self._open.get(_context(span).span_id)
@@ -533,7 +533,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         """Raise mode: check the read on the still-open `span` before its value is returned."""
         if self.settings.on_anomaly != "raise" or not isinstance(span, Span):
             return
-        attrs = span.attributes or {}
+        attrs = _plain(span)
         if not attrs.get(A.READ_FACTS):
             return
         with self._lock:
