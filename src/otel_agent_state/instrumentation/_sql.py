@@ -10,6 +10,7 @@ Written for SQLite's dialect; the same shapes cover PostgreSQL's common statemen
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -318,12 +319,20 @@ def _split(sql: str) -> list[str]:
 
 
 def analyse(sql: object) -> Statement:
-    """Analyse the first statement of `sql`; returns OTHER/unresolved instead of raising."""
+    """Analyse the first statement of `sql`; returns OTHER/unresolved instead of raising.
+
+    Applications run the same statements over and over, so results are cached by text
+    (statements are immutable; the cache holds at most 2048 of them)."""
+    if isinstance(sql, bytes):
+        sql = sql.decode("utf-8", "replace")
+    if not isinstance(sql, str):
+        return Statement(unresolved="not text")
+    return _analyse_text(sql)
+
+
+@functools.lru_cache(maxsize=2048)
+def _analyse_text(sql: str) -> Statement:
     try:
-        if isinstance(sql, bytes):
-            sql = sql.decode("utf-8", "replace")
-        if not isinstance(sql, str):
-            return Statement(unresolved="not text")
         return _Parser(tokenize(sql)).statement()
     except Exception:
         _log.debug("SQL analysis failed", exc_info=True)
