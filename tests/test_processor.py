@@ -385,3 +385,39 @@ def test_attribute_fast_path_matches_the_sdk(telemetry: Telemetry) -> None:
     # loudly instead of silently falling back to the slow, locked lookups.
     assert _plain(span) is span._attributes._dict  # type: ignore[attr-defined]
     span.end()
+
+
+def test_forked_child_starts_clean_even_if_a_lock_was_held(telemetry: Telemetry) -> None:
+    import multiprocessing
+    import os
+
+    if not hasattr(os, "register_at_fork"):
+        pytest.fail("fork handling needs os.register_at_fork (POSIX)")
+    context = multiprocessing.get_context("fork")
+    parent_end, child_end = context.Pipe()
+
+    def child() -> None:
+        # The parent held both locks at fork time; without the reset this would deadlock.
+        # Like a pre-fork worker, the child starts outside the parent's span.
+        from opentelemetry import context as otel_context
+
+        otel_context.attach(otel_context.Context())
+        with workflow("child"):
+            with agent("writer"):
+                observe_write("doc/1", "n:2")
+            with agent("reader"):
+                observe_read("doc/1", "n:1")
+        kinds = [str((s.attributes or {})[A.ANOMALY_KIND]) for s in telemetry.anomalies()]
+        child_end.send((kinds, telemetry.processor.ledger.stats().traces))
+
+    with agent("parent-agent"):  # a live trace in the parent
+        observe_write("doc/1", "n:5")
+        with telemetry.processor._lock, telemetry.processor.ledger._lock:
+            process = context.Process(target=child)
+            process.start()
+        assert parent_end.poll(60), "the forked child hung"
+        kinds, live = parent_end.recv()
+        process.join(10)
+    assert process.exitcode == 0
+    assert kinds == ["stale_read"]  # the child judged its own trace, not the parent's
+    assert live == 0

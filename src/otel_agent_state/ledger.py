@@ -76,6 +76,12 @@ class Ledger:
 
     # ------------------------------------------------------------------ bookkeeping
 
+    def reset_after_fork(self) -> None:
+        """In a forked child: fresh lock (the parent's may have been held by a thread that
+        does not exist here) and no traces (the parent judges its own)."""
+        self._lock = threading.RLock()
+        self._traces = OrderedDict()
+
     def stats(self) -> LedgerStats:
         with self._lock:
             return LedgerStats(len(self._traces), self._dropped_facts, self._evicted)

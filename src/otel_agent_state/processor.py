@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -109,6 +110,12 @@ def _is_ours(span: ReadableSpan) -> bool:
     return scope is not None and scope.name == A.SCOPE_NAME
 
 
+def _after_fork(ref: weakref.ReferenceType[StateCoherenceSpanProcessor]) -> None:
+    processor = ref()
+    if processor is not None:
+        processor._reset_after_fork()
+
+
 def _plain(span: ReadableSpan) -> Mapping[str, Any]:
     """A span's attributes for reading. `span.attributes` is a proxy over the SDK's
     BoundedAttributes, which takes a lock on every lookup: that was most of our per-span
@@ -177,6 +184,9 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         self._pid = str(os.getpid())
         self._shutdown = False
         runtime.register(self)
+        if hasattr(os, "register_at_fork"):
+            this = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _after_fork(this))
 
     # ------------------------------------------------------------------ settings
 
@@ -204,6 +214,15 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             self._on_end(span)
         except Exception:
             _log.debug("on_end failed", exc_info=True)
+
+    def _reset_after_fork(self) -> None:
+        """The child of a fork starts clean: new locks, no inherited spans or traces."""
+        self._lock = threading.Lock()
+        self._open = {}
+        self._live = {}
+        self._early_closed = set()
+        self._pid = str(os.getpid())
+        self._ledger.reset_after_fork()
 
     def close_all_traces(self) -> None:
         """Judge every live trace now, as at process exit (open scopes count as abandoned)."""
