@@ -1,4 +1,16 @@
-"""A compact builder for hand-written histories (times in milliseconds)."""
+"""A compact builder for hand-written histories (times in milliseconds), Elle style:
+
+    h = H()
+    scorer = h.agent("scorer", (0, 20))
+    w = h.write("scorer", "credit_score/42", "n:2", (10, 12), scope=scorer)
+    r = h.read("risk", "credit_score/42", "n:1", (20, 21), tier="cache")
+    h.write("scorer", "credit_score/42", "n:3", (22, 23), txn="tx1")
+    h.commit("tx1", at=30)  # or h.rollback("tx1", at=30)
+    history = h.history()
+
+Every method returns the span id it made, for evidence assertions. A write with `txn=`
+is uncommitted until `commit(txn)`; one never followed by commit or rollback stays open.
+"""
 
 from __future__ import annotations
 
@@ -19,12 +31,10 @@ TRACE = "0" * 31 + "1"
 
 
 class H:
-    """`h.write("scorer", "score/42", "n:2", t=(10, 12))` and so on; `h.history()` at the end.
+    """`h.write("scorer", "score/42", "n:2", (10, 12))` and so on; `h.history()` at the end."""
 
-    Every method returns the span id it made, for evidence assertions.
-    """
-
-    def __init__(self) -> None:
+    def __init__(self, trace: str = TRACE) -> None:
+        self.trace = trace
         self.observations: list[Observation] = []
         self.scopes: list[Scope] = []
         self.txn_ends: list[TxnEnd] = []
@@ -34,11 +44,23 @@ class H:
         self._next += 1
         return format(self._next, "016x")
 
+    def obs(self, span_id: str) -> Observation:
+        [found] = [o for o in self.observations if o.span_id == span_id]
+        return found
+
+    def scope(self, span_id: str) -> Scope:
+        [found] = [s for s in self.scopes if s.span_id == span_id]
+        return found
+
+    # ------------------------------------------------------------------ scopes
+
     def agent(self, name: str, t: tuple[int, int | None], *, failed: bool = False) -> str:
         span_id = self._id()
         end = None if t[1] is None else t[1] * MS
         self.scopes.append(
-            Scope(span_id, TRACE, ScopeKind.AGENT, name, t[0] * MS, end, failed=failed, name=name)
+            Scope(
+                span_id, self.trace, ScopeKind.AGENT, name, t[0] * MS, end, failed=failed, name=name
+            )
         )
         return span_id
 
@@ -47,7 +69,7 @@ class H:
         self.scopes.append(
             Scope(
                 span_id,
-                TRACE,
+                self.trace,
                 ScopeKind.DECISION,
                 agent,
                 t[0] * MS,
@@ -72,7 +94,7 @@ class H:
         self.scopes.append(
             Scope(
                 span_id,
-                TRACE,
+                self.trace,
                 ScopeKind.MUTATION,
                 agent,
                 t[0] * MS,
@@ -83,6 +105,8 @@ class H:
             )
         )
         return span_id
+
+    # ------------------------------------------------------------------ observations
 
     def read(
         self,
@@ -95,6 +119,7 @@ class H:
         scope: str | None = None,
         decision: str | None = None,
         process: str = "p1",
+        store: str = "unknown",
     ) -> str:
         return self._obs(
             agent,
@@ -105,6 +130,7 @@ class H:
             scope=scope,
             decision=decision,
             process=process,
+            store=store,
         )
 
     def write(
@@ -120,6 +146,7 @@ class H:
         mutation: str | None = None,
         failed: bool = False,
         process: str = "p1",
+        store: str = "unknown",
     ) -> str:
         return self._obs(
             agent,
@@ -132,12 +159,38 @@ class H:
             mutation=mutation,
             failed=failed,
             process=process,
+            store=store,
         )
+
+    def read_write(
+        self,
+        agent: str,
+        fact: str,
+        read: str,
+        wrote: str,
+        t: tuple[int, int],
+        *,
+        scope: str | None = None,
+    ) -> str:
+        """An atomic read-modify-write (INCR, UPDATE ... RETURNING): one span, both sides."""
+        return self._obs(
+            agent, Op.READ_WRITE, t, reads=((fact, read),), writes=((fact, wrote),), scope=scope
+        )
+
+    # ------------------------------------------------------------------ transactions
 
     def txn_end(self, txn: str, outcome: str, at: int) -> str:
         span_id = self._id()
-        self.txn_ends.append(TxnEnd(txn, span_id, TRACE, outcome, at * MS))  # type: ignore[arg-type]
+        self.txn_ends.append(TxnEnd(txn, span_id, self.trace, outcome, at * MS))  # type: ignore[arg-type]
         return span_id
+
+    def commit(self, txn: str, at: int) -> str:
+        return self.txn_end(txn, "commit", at)
+
+    def rollback(self, txn: str, at: int) -> str:
+        return self.txn_end(txn, "rollback", at)
+
+    # ------------------------------------------------------------------ internals
 
     def _obs(
         self,
@@ -154,18 +207,20 @@ class H:
         mutation: str | None = None,
         failed: bool = False,
         process: str = "p1",
+        store: str = "unknown",
     ) -> str:
         span_id = self._id()
         self.observations.append(
             Observation(
                 span_id=span_id,
-                trace_id=TRACE,
+                trace_id=self.trace,
                 agent=agent,
                 op=op,
                 start_ns=t[0] * MS,
                 end_ns=t[1] * MS,
                 reads=tuple(FactVersion(f, parse_version(v)) for f, v in reads),
                 writes=tuple(FactVersion(f, parse_version(v)) for f, v in writes),
+                store=store,
                 tier=Tier(tier),
                 agent_scope=scope,
                 decision=decision,

@@ -1,80 +1,226 @@
-"""The ledger: when findings are reported, exactly once, and its memory bounds."""
+"""The ledger: when each finding is reported, with which severity, exactly once; its bounds."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from dataclasses import replace
 
-from otel_agent_state.config import Consistency
-from otel_agent_state.ledger import Ledger, LedgerLimits
-from otel_agent_state.model import AnomalyKind, Scope, Severity
+from otel_agent_state.config import parse_consistency
+from otel_agent_state.detectors import detect_all
+from otel_agent_state.ledger import Ledger, LedgerLimits, LedgerStats
+from otel_agent_state.model import (
+    Anomaly,
+    AnomalyKind,
+    FactVersion,
+    Observation,
+    Scope,
+    Severity,
+    TxnEnd,
+    parse_version,
+)
 
 from .histories import TRACE, H
 
+STALE, DIVERGENT, LOST, ORPHAN = (
+    AnomalyKind.STALE_READ,
+    AnomalyKind.DIVERGENT_VIEW,
+    AnomalyKind.LOST_UPDATE,
+    AnomalyKind.ORPHANED_MUTATION,
+)
+ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
-def _ledger(clock: list[float] | None = None, **limits: int) -> Ledger:
+
+def _ledger(
+    clock: list[float] | None = None, consistency: str = "linearizable", **limits: int
+) -> Ledger:
     now = clock if clock is not None else [0.0]
-    return Ledger(
-        lambda _fact: Consistency("linearizable"),
-        LedgerLimits(**limits),
-        clock=lambda: now[0],
-    )
+    model = parse_consistency(consistency)
+    return Ledger(lambda _fact: model, LedgerLimits(**limits), clock=lambda: now[0])
 
 
-def _story() -> tuple[H, str]:
+def _start(ledger: Ledger, scope: Scope) -> list[Anomaly]:
+    return ledger.add_scope(replace(scope, end_ns=None))
+
+
+Event = tuple[int, int, object]
+
+
+def replay(ledger: Ledger, h: H, *, close: bool = True) -> list[tuple[str, list[Anomaly]]]:
+    """Feed `h` to the ledger as spans would end, in time order; what each event reported."""
+    events: list[Event] = []
+    for scope in h.scopes:
+        events.append((scope.start_ns, 0, replace(scope, end_ns=None)))
+        if scope.end_ns is not None:
+            events.append((scope.end_ns, 2, scope))
+    events.extend((obs.end_ns, 1, obs) for obs in h.observations)
+    events.extend((end.end_ns, 1, end) for end in h.txn_ends)
+    out: list[tuple[str, list[Anomaly]]] = []
+    for _, _, item in sorted(events, key=lambda e: (e[0], e[1])):
+        if isinstance(item, Observation):
+            out.append((item.span_id, ledger.add_observation(item)))
+        elif isinstance(item, TxnEnd):
+            out.append((item.span_id, ledger.add_txn_end(item)))
+        else:
+            assert isinstance(item, Scope)
+            label = item.span_id if item.end_ns is not None else f"start {item.span_id}"
+            out.append((label, ledger.add_scope(item)))
+    if close:
+        out.append(("close", ledger.close_trace(h.trace)))
+    return out
+
+
+def reported(
+    events: list[tuple[str, list[Anomaly]]],
+) -> list[tuple[str, AnomalyKind, str, Severity]]:
+    """(event, kind, offending span, severity) for every finding, in reporting order."""
+    return [(event, a.kind, a.span_id, a.severity) for event, found in events for a in found]
+
+
+# ---------------------------------------------------------------- stale read severity
+
+
+def _story() -> tuple[H, str, str, str]:
+    """The scorer commits n:2 at 12 ms; risk reads n:1 from the cache at 40 ms."""
     h = H()
     scorer = h.agent("credit-scorer", (0, 20))
-    h.write("credit-scorer", "score/42", "n:2", (10, 12), scope=scorer)
+    write = h.write("credit-scorer", "score/42", "n:2", (10, 12), scope=scorer)
     risk = h.agent("risk", (30, 60))
-    h.read("risk", "score/42", "n:1", (40, 41), tier="cache", scope=risk)
-    return h, risk
+    read = h.read("risk", "score/42", "n:1", (40, 41), tier="cache", scope=risk)
+    return h, risk, write, read
 
 
-def _start(ledger: Ledger, scope: Scope) -> None:
-    ledger.add_scope(replace(scope, end_ns=None))
-
-
-def test_stale_read_reported_as_error_once_the_agent_acts() -> None:
-    h, risk = _story()
-    ledger = _ledger()
-    scorer_scope, risk_scope = h.scopes
-    _start(ledger, scorer_scope)
-    assert ledger.add_observation(h.observations[0]) == []
-    assert ledger.add_scope(scorer_scope) == []
-    _start(ledger, risk_scope)
-    assert ledger.add_observation(h.observations[1]) == []  # pending: did it matter?
+def test_stale_read_is_an_error_once_the_agent_decides_after_it() -> None:
+    h, risk, write, read = _story()
     decision = h.decision("risk", risk, (45, 46))
-    [anomaly] = ledger.add_scope(h.scopes[-1])
-    assert anomaly.kind == AnomalyKind.STALE_READ
-    assert anomaly.severity == Severity.ERROR
-    assert decision != anomaly.span_id
-    assert ledger.add_scope(risk_scope) == []  # not again at scope end
-    assert ledger.close_trace(TRACE) == []  # nor at close
-
-
-def test_stale_read_nobody_acted_on_is_a_warning_at_scope_end() -> None:
-    h, _ = _story()
     ledger = _ledger()
-    for scope in h.scopes:
-        _start(ledger, scope)
-    for obs in h.observations:
-        assert ledger.add_observation(obs) == []
-    assert ledger.add_scope(h.scopes[0]) == []
-    [anomaly] = ledger.add_scope(h.scopes[1])
-    assert anomaly.severity == Severity.WARNING
-    assert ledger.close_trace(TRACE) == []
+    events = replay(ledger, h)
+    assert reported(events) == [(decision, STALE, read, ERROR)]
+    [(_, [anomaly])] = [e for e in events if e[1]]
+    assert (anomaly.fact, anomaly.observed_version, anomaly.expected_version) == (
+        "score/42",
+        "n:1",
+        "n:2",
+    )
+    assert (anomaly.agents, anomaly.evidence_span_ids, anomaly.lag_ms) == (
+        ("risk", "credit-scorer"),
+        (write,),
+        28.0,
+    )
+    assert ledger.stats().traces == 0
+
+
+def test_stale_read_is_an_error_once_the_agent_writes_after_it() -> None:
+    h, risk, _, read = _story()
+    act = h.write("risk", "limit/42", "n:1", (50, 51), scope=risk)
+    assert reported(replay(_ledger(), h)) == [(act, STALE, read, ERROR)]
+
+
+def test_stale_read_nobody_acted_on_is_a_warning_when_its_agent_ends() -> None:
+    h, risk, _, read = _story()
+    assert reported(replay(_ledger(), h)) == [(risk, STALE, read, WARNING)]
+
+
+def test_a_failed_write_is_not_acting_on_the_read() -> None:
+    h, risk, _, read = _story()
+    h.write("risk", "limit/42", "n:1", (50, 51), scope=risk, failed=True)
+    assert reported(replay(_ledger(), h)) == [(risk, STALE, read, WARNING)]
+
+
+def test_an_act_of_another_agent_does_not_raise_the_severity() -> None:
+    h, risk, _, read = _story()
+    other = h.agent("fraud", (30, 60))
+    h.decision("fraud", other, (45, 46))
+    assert reported(replay(_ledger(), h)) == [(risk, STALE, read, WARNING)]
+
+
+def test_stale_read_inside_a_decision_is_reported_at_once_as_an_error() -> None:
+    h = H()
+    h.write("w", "f", "n:2", (1, 2))
+    risk = h.agent("risk", (3, 30))
+    decision = h.decision("risk", risk, (4, 20))
+    read = h.read("risk", "f", "n:1", (5, 6), scope=risk, decision=decision)
+    assert reported(replay(_ledger(), h)) == [(read, STALE, read, ERROR)]
+
+
+def test_pending_stale_read_is_a_warning_when_the_trace_closes_first() -> None:
+    h, _, _, read = _story()
+    h.scopes[1] = replace(h.scopes[1], end_ns=None)  # risk never ended
+    assert reported(replay(_ledger(), h)) == [("close", STALE, read, WARNING)]
 
 
 def test_read_racing_a_write_on_another_thread_is_caught_at_close() -> None:
-    h, _ = _story()
+    h, _, write, read = _story()
     ledger = _ledger()
-    read, write = h.observations[1], h.observations[0]
-    assert ledger.add_observation(read) == []  # arrives first, though the write ended earlier
-    assert ledger.add_observation(write) == []
+    assert ledger.add_observation(h.obs(read)) == []  # arrives first, though it started later
+    assert ledger.add_observation(h.obs(write)) == []
     [anomaly] = ledger.close_trace(TRACE)
-    assert anomaly.kind == AnomalyKind.STALE_READ
-    assert anomaly.severity == Severity.WARNING
+    assert (anomaly.kind, anomaly.span_id, anomaly.severity) == (STALE, read, WARNING)
     assert ledger.stats().traces == 0
+    assert ledger.close_trace(TRACE) == []  # a closed trace is gone
+
+
+def test_race_caught_at_close_is_an_error_when_the_agent_acted() -> None:
+    h, risk, write, read = _story()
+    act = h.write("risk", "limit/42", "n:1", (50, 51), scope=risk)
+    ledger = _ledger()
+    for span in (read, act, write):
+        assert ledger.add_observation(h.obs(span)) == []
+    [anomaly] = ledger.close_trace(TRACE)
+    assert (anomaly.kind, anomaly.span_id, anomaly.severity) == (STALE, read, ERROR)
+
+
+def test_check_read_reports_before_the_read_ends_and_only_once() -> None:
+    h, risk, _, read = _story()
+    ledger = _ledger()
+    for obs in h.observations[:1]:
+        ledger.add_observation(obs)
+    [anomaly] = ledger.check_read(h.obs(read))  # raise mode: the read is still in progress
+    assert (anomaly.kind, anomaly.span_id, anomaly.expected_version) == (STALE, read, "n:2")
+    assert ledger.add_observation(h.obs(read)) == []
+    assert ledger.add_scope(h.scope(risk)) == []
+    assert ledger.close_trace(TRACE) == []
+
+
+def test_check_read_under_session_sees_the_agents_earlier_reads() -> None:
+    h = H()
+    first = h.read("me", "f", "n:5", (1, 2))
+    later = h.read("me", "f", "n:4", (10, 11), tier="replica")
+    ledger = _ledger(consistency="session")
+    assert ledger.add_observation(h.obs(first)) == []
+    [anomaly] = ledger.check_read(h.obs(later))  # monotonic reads, before the value is used
+    assert (anomaly.kind, anomaly.span_id, anomaly.expected_version) == (STALE, later, "n:5")
+    assert anomaly.evidence_span_ids == (first,)
+    assert ledger.add_observation(h.obs(later)) == []
+    assert ledger.close_trace(TRACE) == []
+
+
+def test_session_model_applies_in_the_ledger() -> None:
+    h, risk, _, _ = _story()
+    h.decision("risk", risk, (45, 46))
+    assert reported(replay(_ledger(consistency="session"), h)) == []
+    assert reported(replay(_ledger(consistency="eventual"), h)) == []
+
+
+# ---------------------------------------------------------------- each finding exactly once
+
+
+def test_divergent_view_reported_when_the_second_agent_acts() -> None:
+    h = H()
+    h.write("scorer", "f", "n:2", (1, 2))
+    a = h.agent("limit", (3, 40))
+    b = h.agent("fraud", (5, 50))
+    older = h.read("limit", "f", "n:1", (10, 11), tier="replica", scope=a)
+    h.read("fraud", "f", "n:2", (12, 13), scope=b)
+    first = h.decision("limit", a, (20, 21))
+    second = h.decision("fraud", b, (22, 23))
+    assert reported(replay(_ledger(consistency="eventual"), h)) == [
+        (second, DIVERGENT, older, ERROR)
+    ]
+    assert reported(replay(_ledger(), h)) == [
+        (first, STALE, older, ERROR),
+        (second, DIVERGENT, older, ERROR),
+    ]
 
 
 def test_lost_update_reported_when_the_second_write_commits() -> None:
@@ -84,43 +230,105 @@ def test_lost_update_reported_when_the_second_write_commits() -> None:
     h.read("alice", "x", "n:1", (1, 2), scope=a)
     h.read("bob", "x", "n:1", (3, 4), scope=b)
     h.write("alice", "x", "n:2", (5, 6), scope=a)
-    h.write("bob", "x", "n:3", (7, 8), scope=b, txn="t")
-    h.txn_end("t", "commit", 9)
+    lost = h.write("bob", "x", "n:3", (7, 8), scope=b, txn="t")
+    commit = h.commit("t", 9)
+    assert reported(replay(_ledger(), h)) == [(commit, LOST, lost, ERROR)]
+
+
+def test_orphan_reported_when_the_trace_closes_not_when_the_scope_fails() -> None:
+    h = H()
+    pay = h.agent("payments", (0, 30), failed=True)
+    write = h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
+    assert reported(replay(_ledger(), h)) == [("close", ORPHAN, write, ERROR)]
+
+
+def test_compensation_after_the_failure_prevents_the_orphan() -> None:
+    h = H()
+    pay = h.agent("payments", (0, 30), failed=True)
+    h.read("payments", "account/A", "n:1", (1, 2), scope=pay)
+    h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
+    h.write("ops", "account/A", "n:1", (40, 41))  # after the scope failed: still in time
+    assert reported(replay(_ledger(), h)) == []
+
+
+def test_rolled_back_transaction_is_no_orphan_in_the_ledger() -> None:
+    h = H()
+    pay = h.agent("payments", (0, 30), failed=True)
+    h.write("payments", "account/A", "n:2", (3, 4), scope=pay, txn="t")
+    h.rollback("t", 5)
+    assert reported(replay(_ledger(), h)) == []
+
+
+def test_every_anomaly_reported_exactly_once_and_as_the_offline_check_finds_it() -> None:
+    h = H()
+    scorer = h.agent("scorer", (0, 20))
+    h.write("scorer", "score", "n:2", (1, 2), scope=scorer)
+    limit = h.agent("limit", (3, 60))
+    fraud = h.agent("fraud", (5, 70))
+    h.read("limit", "score", "n:1", (10, 11), tier="replica", scope=limit)
+    h.read("fraud", "score", "n:2", (12, 13), scope=fraud)
+    h.decision("limit", limit, (20, 21))
+    h.decision("fraud", fraud, (22, 23))
+    h.read("limit", "balance", "n:1", (24, 25), scope=limit)
+    h.read("fraud", "balance", "n:1", (26, 27), scope=fraud)
+    h.write("limit", "balance", "n:2", (28, 29), scope=limit)
+    h.write("fraud", "balance", "n:3", (30, 31), scope=fraud)
+    pay = h.agent("payments", (40, 50), failed=True)
+    h.write("payments", "account/A", "n:2", (41, 42), scope=pay)
     ledger = _ledger()
-    for scope in h.scopes:
-        _start(ledger, scope)
-    reported = [a for obs in h.observations for a in ledger.add_observation(obs)]
-    assert reported == []  # bob's write is not committed yet
-    [anomaly] = ledger.add_txn_end(h.txn_ends[0])
-    assert anomaly.kind == AnomalyKind.LOST_UPDATE
-    assert [ledger.add_scope(scope) for scope in h.scopes] == [[], []]
+    found = [a for _, batch in replay(ledger, h) for a in batch]
+    assert Counter(a.kind for a in found) == {STALE: 1, DIVERGENT: 1, LOST: 1, ORPHAN: 1}
+    assert len({a.key for a in found}) == len(found)
+    offline = detect_all(h.history())
+    assert sorted((a.kind.value, a.span_id, a.fact) for a in found) == sorted(
+        (a.kind.value, a.span_id, a.fact) for a in offline
+    )
+    assert ledger.close_all() == [] and ledger.stats().traces == 0
+
+
+def test_events_arriving_twice_do_not_report_twice() -> None:
+    h, risk, _, read = _story()
+    h.decision("risk", risk, (45, 46))
+    ledger = _ledger()
+    first = replay(ledger, h, close=False)
+    again = replay(ledger, h, close=False)
+    assert reported(first) == [(h.scopes[-1].span_id, STALE, read, ERROR)]
+    assert reported(again) == []
     assert ledger.close_trace(TRACE) == []
 
 
-def test_orphan_reported_when_the_trace_closes() -> None:
-    h = H()
-    pay = h.agent("payments", (0, 30), failed=True)
+# ---------------------------------------------------------------- bounds
+
+
+def _orphan_trace(trace: str) -> H:
+    h = H(trace)
+    pay = h.agent("payments", (0, None))  # never ends
     h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
-    ledger = _ledger()
-    _start(ledger, h.scopes[0])
-    assert ledger.add_observation(h.observations[0]) == []
-    assert ledger.add_scope(h.scopes[0]) == []  # a compensating write may still come
-    [anomaly] = ledger.close_trace(TRACE)
-    assert anomaly.kind == AnomalyKind.ORPHANED_MUTATION
+    return h
 
 
 def test_max_traces_closes_the_least_recently_active() -> None:
     ledger = _ledger(max_traces=2)
-    h = H()
-    pay = h.agent("payments", (0, None))
-    h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
-    ledger.add_scope(h.scopes[0])
-    ledger.add_observation(h.observations[0])
-    other = [replace(h.observations[0], trace_id=f"{i:032x}", span_id=f"{i:016x}") for i in (7, 8)]
-    assert ledger.add_observation(other[0]) == []
-    evicted = ledger.add_observation(other[1])  # third trace: the first one is closed
-    assert [a.kind for a in evicted] == [AnomalyKind.ORPHANED_MUTATION]  # never ended
-    assert ledger.stats().traces == 2
+    first, second, third = (_orphan_trace(f"{i:032x}") for i in (1, 2, 3))
+    for h in (first, second):
+        assert reported(replay(ledger, h, close=False)) == []
+    ledger.add_observation(replace(first.observations[0], span_id="00000000000000aa"))  # touch
+    evicted = replay(ledger, third, close=False)[0][1]  # a third trace: `second` is closed
+    assert [(a.kind, a.trace_id, a.severity) for a in evicted] == [
+        (ORPHAN, second.trace, ERROR)  # its agent never ended: abandoned
+    ]
+    assert ledger.stats() == LedgerStats(traces=2, dropped_facts=0, evicted_traces=1)
+    assert ledger.close_trace(second.trace) == []
+    assert [a.trace_id for a in ledger.close_all()] == [first.trace, third.trace]
+
+
+def test_eviction_reports_pending_stale_reads_as_warnings() -> None:
+    ledger = _ledger(max_traces=1)
+    h, _, _, read = _story()
+    h.scopes[1] = replace(h.scopes[1], end_ns=None)
+    assert reported(replay(ledger, h, close=False)) == []
+    evicted = ledger.add_observation(replace(h.observations[0], trace_id="f" * 32))
+    assert [(a.kind, a.span_id, a.severity) for a in evicted] == [(STALE, read, WARNING)]
     assert ledger.stats().evicted_traces == 1
 
 
@@ -129,12 +337,33 @@ def test_max_facts_per_trace_drops_and_counts() -> None:
     h = H()
     for i in range(5):
         h.write("w", f"fact/{i}", "n:1", (i, i + 1))
-    for obs in h.observations:
-        ledger.add_observation(obs)
     h.write("w", "fact/0", "n:2", (10, 11))  # a known fact is still tracked
-    ledger.add_observation(h.observations[-1])
-    assert ledger.stats().dropped_facts == 2
+    h.read("r", "fact/4", "n:0", (20, 21))  # a dropped one stays dropped: no finding on it
+    for obs in h.observations:
+        assert ledger.add_observation(obs) == []
+    history = ledger._traces[TRACE].history
+    assert sorted(history.facts()) == ["fact/0", "fact/1", "fact/2"]
+    assert [w.version.text for w in history.writes("fact/0")] == ["n:1", "n:2"]
+    assert ledger.stats().dropped_facts == 3
+    assert ledger._traces[TRACE].dropped_facts == 3
     assert ledger.stats().traces == 1
+    assert ledger.close_trace(TRACE) == []
+
+
+def test_max_facts_keeps_the_known_facts_of_a_mixed_observation() -> None:
+    ledger = _ledger(max_facts_per_trace=2)
+    h = H()
+    h.write("w", "a", "n:2", (1, 2))
+    ledger.add_observation(h.observations[0])
+    extra = tuple(FactVersion(fact, parse_version("n:1")) for fact in ("b", "c", "d"))
+    mixed = replace(
+        h.observations[0], span_id="00000000000000bb", writes=(*extra, *h.observations[0].writes)
+    )
+    ledger.add_observation(mixed)
+    history = ledger._traces[TRACE].history
+    assert sorted(history.facts()) == ["a", "b"]
+    assert [w.version.text for w in history.writes("a")] == ["n:2", "n:2"]
+    assert ledger.stats().dropped_facts == 2
 
 
 def test_max_events_per_fact_caps_history() -> None:
@@ -142,54 +371,112 @@ def test_max_events_per_fact_caps_history() -> None:
     h = H()
     for i in range(10):
         h.write("w", "f", f"n:{i + 1}", (2 * i, 2 * i + 1))
+        h.read("r", "f", f"n:{i + 1}", (2 * i + 1, 2 * i + 2))
     for obs in h.observations:
         ledger.add_observation(obs)
-    state = ledger._traces[TRACE]
-    assert [w.version.text for w in state.history.writes("f")] == ["n:7", "n:8", "n:9", "n:10"]
+    history = ledger._traces[TRACE].history
+    assert [w.version.text for w in history.writes("f")] == ["n:7", "n:8", "n:9", "n:10"]
+    assert [r.version.text for r in history.reads("f")] == ["n:7", "n:8", "n:9", "n:10"]
 
 
 def test_ttl_closes_idle_traces_and_reports_never_ended_scopes() -> None:
     clock = [100.0]
     ledger = _ledger(clock, trace_ttl_ms=5_000)
-    h = H()
-    pay = h.agent("payments", (0, None))
-    h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
-    ledger.add_scope(h.scopes[0])
-    ledger.add_observation(h.observations[0])
+    idle = _orphan_trace("a" * 32)
+    busy = _orphan_trace("b" * 32)
+    replay(ledger, idle, close=False)
+    replay(ledger, busy, close=False)
     clock[0] = 104.0
+    ledger.add_observation(replace(busy.observations[0], span_id="00000000000000cc"))  # touch
     assert ledger.close_expired() == []
-    clock[0] = 106.0
+    clock[0] = 105.0  # idle for exactly the TTL
     [anomaly] = ledger.close_expired()
-    assert anomaly.kind == AnomalyKind.ORPHANED_MUTATION
+    assert (anomaly.kind, anomaly.trace_id, anomaly.severity) == (ORPHAN, idle.trace, ERROR)
+    assert anomaly.evidence_span_ids == (idle.scopes[0].span_id, idle.observations[0].span_id)
     assert "never ended" in anomaly.summary
+    assert ledger.stats().traces == 1
+    clock[0] = 108.9
+    assert ledger.close_expired() == []
+    clock[0] = 109.0
+    assert [a.trace_id for a in ledger.close_expired()] == [busy.trace]
+    assert ledger.stats().traces == 0
+    assert ledger.close_expired() == []
+
+
+def test_scope_that_ends_before_the_ttl_is_not_an_orphan() -> None:
+    clock = [0.0]
+    ledger = _ledger(clock, trace_ttl_ms=1_000)
+    h = H()
+    pay = h.agent("payments", (0, 30))
+    h.write("payments", "account/A", "n:2", (3, 4), scope=pay)
+    replay(ledger, h, close=False)
+    clock[0] = 2.0
+    assert ledger.close_expired() == []
     assert ledger.stats().traces == 0
 
 
-def test_many_threads_one_ledger_no_lost_observations() -> None:
+# ---------------------------------------------------------------- threads
+
+
+def test_many_threads_feeding_one_ledger_counts_are_exact() -> None:
     ledger = _ledger()
+    workers, reads = 8, 50
+    results: dict[int, list[Anomaly]] = {}
     errors: list[BaseException] = []
+    barrier = threading.Barrier(workers)
 
     def work(worker: int) -> None:
         try:
             h = H()
-            for step in range(300):
-                h.write(f"w{worker}", f"f/{worker}", f"n:{step + 1}", (step, step))
-                h.read(f"w{worker}", f"f/{worker}", f"n:{step + 1}", (step, step))
+            agent = f"r{worker}"
+            h.write(f"w{worker}", f"f/{worker}", "n:2", (0, 1))
+            for step in range(reads):
+                h.read(agent, f"f/{worker}", "n:1", (10 + step, 10 + step))  # each stale
+            h.decision(agent, None, (100, 101))
+            found: list[Anomaly] = []
+            barrier.wait()
             for obs in h.observations:
-                found = ledger.add_observation(
+                found += ledger.add_observation(
                     replace(obs, span_id=f"{worker:04x}{obs.span_id[4:]}")
                 )
-                assert found == []
+            found += ledger.add_scope(replace(h.scopes[0], span_id=f"{worker:04x}{'d' * 12}"))
+            results[worker] = found
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(workers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert errors == []
+    for worker, found in results.items():
+        assert len(found) == reads
+        assert {(a.kind, a.fact, a.severity, a.agents) for a in found} == {
+            (STALE, f"f/{worker}", ERROR, (f"r{worker}", f"w{worker}"))
+        }
+        assert len({a.span_id for a in found}) == reads
     history = ledger._traces[TRACE].history
-    assert history.fact_count() == 8
-    assert sum(len(history.committed_writes(f"f/{i}")) for i in range(8)) == 8 * 256
+    assert history.fact_count() == workers
+    assert sum(len(history.reads(f"f/{i}")) for i in range(workers)) == workers * reads
     assert ledger.close_trace(TRACE) == []
+
+
+def test_many_threads_many_traces_each_closed_once() -> None:
+    ledger = _ledger(max_traces=1_000)
+    traces = [_orphan_trace(f"{i + 1:032x}") for i in range(32)]
+
+    def feed(chunk: list[H]) -> None:
+        for h in chunk:
+            replay(ledger, h, close=False)
+
+    threads = [threading.Thread(target=feed, args=(traces[i::4],)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert ledger.stats().traces == 32
+    closed = ledger.close_all()
+    assert sorted(a.trace_id for a in closed) == sorted(h.trace for h in traces)
+    assert {a.kind for a in closed} == {ORPHAN}
+    assert ledger.stats().traces == 0 and ledger.close_all() == []

@@ -40,14 +40,14 @@ def _linearizable(_: str) -> Consistency:
 def _rank(version: Version, writes: list[Write]) -> int:
     """Position of the newest write in `writes` that produced `version`; -1: initial state."""
     for index in range(len(writes) - 1, -1, -1):
-        if writes[index].version.text == version.text:
+        if writes[index].version.same_as(version):
             return index
     return -1
 
 
 def is_older(version: Version, than: Version, writes: list[Write]) -> bool:
     """True only if the trace proves `version` older than `than` (writes in commit order)."""
-    if version.text == than.text:
+    if version.same_as(than):
         return False
     if version.orderable_with(than):
         assert version.ordinal is not None and than.ordinal is not None
@@ -119,7 +119,7 @@ def _realtime_violation(
         return None
     latest = before[-1]
     version = read.version
-    if version.text == latest.version.text:
+    if version.same_as(latest.version):
         return None
     if version.orderable_with(latest.version):
         if (version.ordinal or 0) > (latest.version.ordinal or 0):
@@ -129,7 +129,7 @@ def _realtime_violation(
         # Equality-only versions: fine if some write not yet committed-before-R produced it
         # (a concurrent write R may legitimately have seen), or it is R's own pending write.
         later = [w for w in writes if w not in before and not w.rolled_back]
-        if any(w.version.text == version.text for w in later):
+        if any(w.version.same_as(version) for w in later):
             return None
         position = _rank(version, before)
         missed = before[position + 1 :]
@@ -171,8 +171,8 @@ def _session_violation(history: History, read: Read, model: Consistency) -> Anom
     start = read.obs.start_ns
     order = history.committed_writes(read.fact)
     bounds: list[tuple[Version, Observation, str]] = []
-    for write in history.writes(read.fact):
-        if write.obs.agent == agent and not write.rolled_back and write.obs.end_ns <= start:
+    for write in order:  # a write counts once committed (SPEC §5): not failed, open, rolled back
+        if write.obs.agent == agent and write.commit_ns is not None and write.commit_ns <= start:
             bounds.append((write.version, write.obs, "its own write"))
     for earlier in history.reads(read.fact):
         if (
@@ -287,7 +287,7 @@ def _divergence(
     writes: list[Write],
     all_writes: list[Write],
 ) -> Anomaly | None:
-    if read_a.version.text == read_b.version.text:
+    if read_a.version.same_as(read_b.version):
         return None
     if is_older(read_a.version, read_b.version, writes):
         older, newer = read_a, read_b
@@ -297,7 +297,7 @@ def _divergence(
         older, newer = (
             (read_a, read_b) if read_a.obs.end_ns <= read_b.obs.end_ns else (read_b, read_a)
         )
-    newer_writers = {w.obs.agent for w in all_writes if w.version.text == newer.version.text}
+    newer_writers = {w.obs.agent for w in all_writes if w.version.same_as(newer.version)}
     if newer_writers & {a.agent, b.agent}:
         return None
     agents = _unique([older.obs.agent, newer.obs.agent])
@@ -338,10 +338,12 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
         key = actor_key(write.obs)
         if key not in reads:
             continue
+        # An atomic read-modify-write (INCR, UPDATE ... RETURNING) is based on its own read.
+        own = [r for r in reads[key] if r.obs.span_id == write.obs.span_id]
         index = bisect_right(ends[key], write.obs.start_ns) - 1
-        if index >= 0:
-            basis = reads[key][index]
-            groups.setdefault(basis.version.text, []).append((write, basis))
+        basis = own[-1] if own else reads[key][index] if index >= 0 else None
+        if basis is not None:
+            groups.setdefault(basis.version.identity, []).append((write, basis))
     return groups
 
 
@@ -354,7 +356,7 @@ def detect_lost_updates(history: History, *, facts: Iterable[str] | None = None)
                 for second, second_read in based[i + 1 :]:
                     if actor_key(first.obs) == actor_key(second.obs):
                         continue
-                    if first.version.text == first_read.version.text:
+                    if first.version.same_as(first_read.version):
                         continue  # the first write changed nothing: nothing was lost
                     found.append(_lost_update(fact, first, first_read, second, second_read))
     return found
@@ -423,7 +425,7 @@ def detect_orphaned_mutations(history: History, *, closed: bool = True) -> list[
                 span_id=last.obs.span_id,
                 fact=last.fact,
                 observed_version=last.version.text,
-                expected_version=_before(history, last.fact, writes) or NONE_VERSION,
+                expected_version=_before_text(history, last.fact, writes),
                 agents=(scope.agent,),
                 evidence_span_ids=_unique([scope.span_id, *(w.obs.span_id for w in unrestored)]),
                 summary=(
@@ -454,7 +456,12 @@ def _last_per_fact(writes: list[Write]) -> list[Write]:
     return list(last.values())
 
 
-def _before(history: History, fact: str, scope_writes: list[Write]) -> str | None:
+def _before_text(history: History, fact: str, scope_writes: list[Write]) -> str:
+    before = _before(history, fact, scope_writes)
+    return NONE_VERSION if before is None else before.text
+
+
+def _before(history: History, fact: str, scope_writes: list[Write]) -> Version | None:
     """The version `fact` had before the scope's first write of it, if the trace shows it."""
     mine = [w for w in scope_writes if w.fact == fact]
     first = min(mine, key=lambda w: w.commit_ns or 0)
@@ -464,15 +471,21 @@ def _before(history: History, fact: str, scope_writes: list[Write]) -> str | Non
         if w not in mine and (w.commit_ns or 0) < (first.commit_ns or 0)
     ]
     if earlier:
-        return earlier[-1].version.text
-    seen = [r for r in history.reads(fact) if r.obs.end_ns <= first.obs.start_ns]
+        return earlier[-1].version
+    seen = [
+        r for r in history.reads(fact) if r.obs.end_ns <= first.obs.start_ns and not _is_miss(r)
+    ]
     if seen:
-        return seen[-1].version.text
+        return seen[-1].version
     return None
 
 
 def _restored(history: History, last: Write, scope_writes: list[Write]) -> bool:
-    """A later committed write (by anyone) put back the version from before the scope."""
+    """The scope's own last write, or a later committed write (by anyone), put back the
+    version from before the scope."""
+    before = _before(history, last.fact, scope_writes)
+    if before is not None and last.version.same_as(before):
+        return True  # compensated inside the scope itself
     after = [
         w
         for w in history.committed_writes(last.fact)
@@ -480,10 +493,9 @@ def _restored(history: History, last: Write, scope_writes: list[Write]) -> bool:
     ]
     if not after:
         return False
-    before = _before(history, last.fact, scope_writes)
     if before is None:
         return True  # the earlier state is unknown: a later write may have restored it
-    return any(w.version.text == before for w in after)
+    return any(w.version.same_as(before) for w in after)
 
 
 def detect_all(

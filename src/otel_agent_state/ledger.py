@@ -283,9 +283,15 @@ def _with(history: History, obs: Observation) -> History:
     copy = History(trace_id=history.trace_id, max_events_per_fact=history.max_events_per_fact)
     copy.scopes = history.scopes
     copy.txn_ends = history.txn_ends
+    # The writes (every model) and the earlier reads (session: monotonic reads) of its facts.
+    earlier: dict[str, Observation] = {}
     for fact in {item.fact for item in obs.reads}:
         for write in history.writes(fact):
-            copy.add_observation(write.obs)
+            earlier[write.obs.span_id] = write.obs
+        for read in history.reads(fact):
+            earlier[read.obs.span_id] = read.obs
+    for seen in earlier.values():
+        copy.add_observation(seen)
     copy.add_observation(obs)
     return copy
 

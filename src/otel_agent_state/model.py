@@ -56,6 +56,7 @@ class VersionError(ValueError):
 
 
 _HEX = re.compile(r"^[0-9a-fA-F]+$")
+_INT = re.compile(r"^-?[0-9]+$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +74,14 @@ class Version:
     def orderable_with(self, other: Version) -> bool:
         return self.ordinal is not None and other.ordinal is not None and self.kind == other.kind
 
+    @property
+    def identity(self) -> str:
+        """What makes two versions the same: `t:` spellings of one instant are one version."""
+        return self.text if self.ordinal is None else f"{self.kind}:{self.ordinal}"
+
+    def same_as(self, other: Version) -> bool:
+        return self.identity == other.identity
+
     def __str__(self) -> str:
         return self.text
 
@@ -89,16 +98,14 @@ def parse_version(text: str) -> Version:
         return NONE
     prefix, sep, body = text.partition(":")
     if sep and body:
-        if prefix == "n":
-            try:
-                return Version(text, "n", int(body))
-            except ValueError:
-                pass
+        if prefix == "n" and _INT.fullmatch(body):
+            value = int(body)
+            return Version(f"n:{value}", "n", value)  # one spelling per ordinal
         elif prefix == "t":
             ns = _time_ns(body)
             if ns is not None:
                 return Version(text, "t", ns)
-        elif prefix == "h" and _HEX.match(body):
+        elif prefix == "h" and _HEX.fullmatch(body):
             return Version(text.lower(), "h", None)
     raise VersionError(
         f"bad version {text!r}: expected 'n:<int>', 't:<RFC3339 or epoch ns>', 'h:<hex>' or 'none'"
@@ -114,9 +121,9 @@ _RFC3339 = re.compile(
 def _time_ns(body: str) -> int | None:
     """Epoch nanoseconds from digits or RFC 3339 (nanosecond fractions kept; a zone is
     required, since a naive timestamp has no order across processes)."""
-    if body.isdigit():
+    if body.isascii() and body.isdigit():
         return int(body)
-    found = _RFC3339.match(body)
+    found = _RFC3339.fullmatch(body)
     if found is None:
         return None
     year, month, day, hour, minute, second = (int(found.group(i)) for i in range(1, 7))
