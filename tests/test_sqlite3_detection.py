@@ -4,6 +4,7 @@ calls, raise mode, and the correct twins."""
 from __future__ import annotations
 
 import sqlite3
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,3 +208,41 @@ def test_custom_row_shapes_are_not_guessed(telemetry: Telemetry, db: Path) -> No
     attrs = select.attributes or {}
     assert attrs.get(A.READ_FACTS, ()) == ()
     assert attrs[A.UNRESOLVED] == "row factory"
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        ("2026-11-26T10:00:00Z", "t:2026-11-26T10:00:00Z"),
+        ("2026-11-26 10:00:00.5+01:00", "t:2026-11-26 10:00:00.5+01:00"),
+        (
+            "2026-11-26T10:00+0000",  # not RFC 3339, but Python 3.11+ reads it: epoch ns
+            "t:1795687200000000000" if sys.version_info >= (3, 11) else "h:",
+        ),
+        (7, "n:7"),
+    ],
+)
+def test_version_column_values_always_give_parseable_versions(
+    telemetry: Telemetry, tmp_path: Path, stored: object, expected: str
+) -> None:
+    from otel_agent_state.model import parse_version
+
+    path = tmp_path / "v.db"
+    configure(rules=[{"name": "doc", "keys": ["sqlite:*/docs/{id}"], "version": {"column": "v"}}])
+    instrumentor = SQLite3Instrumentor()
+    instrumentor.instrument(tracer_provider=telemetry.provider)
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("CREATE TABLE docs (id INTEGER PRIMARY KEY, v)")
+        conn.execute("INSERT INTO docs VALUES (1, ?)", (stored,))
+        conn.execute("SELECT id, v FROM docs WHERE id = 1").fetchone()
+        conn.close()
+    finally:
+        instrumentor.uninstrument()
+    [read] = [s for s in telemetry.spans() if A.READ_FACTS in (s.attributes or {})]
+    [version] = (read.attributes or {})[A.READ_VERSIONS]
+    if expected == "h:":  # Python 3.10 cannot read the value as a time: a content digest
+        assert str(version).startswith("h:")
+    else:
+        assert version == expected
+    parse_version(str(version))  # what the processor will parse

@@ -44,6 +44,7 @@ from .. import __version__, runtime
 from .. import attributes as A
 from ..config import FactRule, Settings, get_settings
 from ..errors import StaleReadError
+from ..model import VersionError, parse_version
 from ._sql import Statement, Value, analyse, split_statements
 
 _log = logging.getLogger(__name__)
@@ -93,6 +94,16 @@ def _column_digests(settings: Settings, values: Mapping[str, object]) -> dict[st
     }
 
 
+def _time_version(text: str, moment: _dt.datetime) -> str:
+    """`t:<the column's text>` when it is RFC 3339, else the same instant in epoch ns
+    (forms Python accepts but RFC 3339 does not: `+0000`, no seconds, ...)."""
+    try:
+        return parse_version(text).text
+    except VersionError:
+        whole = int(moment.replace(microsecond=0).timestamp())
+        return f"t:{whole * 1_000_000_000 + moment.microsecond * 1000}"
+
+
 def _version_value(settings: Settings, value: object) -> str:
     """A configured version column's value as a version string (SPEC §3 kinds)."""
     if isinstance(value, bool):
@@ -105,14 +116,18 @@ def _version_value(settings: Settings, value: object) -> str:
         text = value.strip()
         if text.lstrip("-").isdigit():
             return f"n:{int(text)}"
+        try:  # RFC 3339 as we parse it everywhere (any Python), else what Python accepts
+            return parse_version(f"t:{text}").text
+        except VersionError:
+            pass
         try:
             parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
         except ValueError:
             parsed = None
         if parsed is not None and parsed.tzinfo is not None:
-            return f"t:{text}"
+            return _time_version(f"t:{text}", parsed)
     if isinstance(value, _dt.datetime) and value.tzinfo is not None:
-        return f"t:{value.isoformat()}"
+        return _time_version(f"t:{value.isoformat()}", value)
     return settings.digest(_row_bytes(b"v", {"": value}))
 
 
