@@ -16,15 +16,26 @@ from __future__ import annotations
 
 from otel_agent_state.history import History
 from otel_agent_state.model import (
+    AnomalyKind,
     FactVersion,
     Observation,
     Op,
     Scope,
     ScopeKind,
+    Severity,
     Tier,
     TxnEnd,
     parse_version,
 )
+
+# Short names for assertions on anomaly shapes.
+STALE, DIVERGENT, LOST, ORPHAN = (
+    AnomalyKind.STALE_READ,
+    AnomalyKind.DIVERGENT_VIEW,
+    AnomalyKind.LOST_UPDATE,
+    AnomalyKind.ORPHANED_MUTATION,
+)
+ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
 MS = 1_000_000
 TRACE = "0" * 31 + "1"

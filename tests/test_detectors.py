@@ -18,9 +18,9 @@ from otel_agent_state.detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from otel_agent_state.model import Anomaly, AnomalyKind, Severity
+from otel_agent_state.model import Anomaly
 
-from .histories import TRACE, H
+from .histories import DIVERGENT, ERROR, LOST, ORPHAN, STALE, TRACE, WARNING, H
 
 MODELS = ("linearizable", "session", "bounded:1", "eventual")
 
@@ -43,15 +43,6 @@ def shape(a: Anomaly) -> tuple[object, ...]:
         a.severity,
         a.lag_ms,
     )
-
-
-STALE, DIVERGENT, LOST, ORPHAN = (
-    AnomalyKind.STALE_READ,
-    AnomalyKind.DIVERGENT_VIEW,
-    AnomalyKind.LOST_UPDATE,
-    AnomalyKind.ORPHANED_MUTATION,
-)
-ERROR, WARNING = Severity.ERROR, Severity.WARNING
 
 
 # ================================================================ stale reads

@@ -20,15 +20,7 @@ from otel_agent_state.model import (
     parse_version,
 )
 
-from .histories import TRACE, H
-
-STALE, DIVERGENT, LOST, ORPHAN = (
-    AnomalyKind.STALE_READ,
-    AnomalyKind.DIVERGENT_VIEW,
-    AnomalyKind.LOST_UPDATE,
-    AnomalyKind.ORPHANED_MUTATION,
-)
-ERROR, WARNING = Severity.ERROR, Severity.WARNING
+from .histories import DIVERGENT, ERROR, LOST, ORPHAN, STALE, TRACE, WARNING, H
 
 
 def _ledger(
