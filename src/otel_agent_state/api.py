@@ -392,7 +392,3 @@ def configure(
     if tracer_provider is not None:
         _tracer_provider = tracer_provider
     return settings
-
-
-def current_settings() -> Settings:
-    return get_settings()

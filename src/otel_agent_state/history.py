@@ -61,6 +61,11 @@ def actor_key(obs: Observation) -> str:
     return obs.agent_scope or f"agent:{obs.agent}"
 
 
+def decision_actor_key(decision: Scope) -> str:
+    """The actor a decision belongs to: its agent span, else its agent's name."""
+    return decision.parent_agent_scope or f"agent:{decision.agent}"
+
+
 def is_act(obs: Observation) -> bool:
     """A write that happened: what "went on to write" means for the detectors."""
     return bool(obs.writes) and obs.op != Op.READ and not obs.failed
@@ -177,7 +182,7 @@ class History:
             if scope.span_id in self._counted_decisions:
                 return
             self._counted_decisions.add(scope.span_id)
-            key = scope.parent_agent_scope or f"agent:{scope.agent}"
+            key = decision_actor_key(scope)
             actor = self.actors.get(key)
             if actor is None:
                 actor = Actor(key, scope.agent, scope.start_ns, scope.end_ns)

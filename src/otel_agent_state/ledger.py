@@ -28,7 +28,7 @@ from .detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from .history import History, actor_key, is_act
+from .history import History, actor_key, decision_actor_key, is_act
 from .model import Anomaly, AnomalyKind, Observation, Scope, ScopeKind, Severity, TxnEnd
 
 
@@ -149,8 +149,7 @@ class Ledger:
             if scope.end_ns is None:
                 return out
             if scope.kind == ScopeKind.DECISION:
-                actor = scope.parent_agent_scope or f"agent:{scope.agent}"
-                out.extend(self._acted(state, actor))
+                out.extend(self._acted(state, decision_actor_key(scope)))
             elif scope.kind == ScopeKind.AGENT:
                 out.extend(self._flush_pending(state, scope.span_id, Severity.WARNING))
         return out
@@ -252,12 +251,7 @@ class Ledger:
 
     def _flush_pending(self, state: TraceState, actor: str, severity: Severity) -> list[Anomaly]:
         pending = state.pending.pop(actor, [])
-        out = []
-        for anomaly in pending:
-            if anomaly.key not in state.reported:
-                state.reported.add(anomaly.key)
-                out.append(anomaly.with_severity(severity))
-        return out
+        return [anomaly.with_severity(severity) for anomaly in self._fresh(state, pending)]
 
     def _close(self, trace_id: str) -> list[Anomaly]:
         state = self._traces.pop(trace_id)

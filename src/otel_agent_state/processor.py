@@ -568,12 +568,6 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         self._emit(found)
         raise StaleReadError(found[0])
 
-    def decision_inputs(self, span: Any) -> list[str]:
-        context = _context(span)
-        return self._ledger.decision_inputs(
-            _hex_trace(context.trace_id), _hex_span(context.span_id)
-        )
-
     # ------------------------------------------------------------------ reporting
 
     def _get_tracer(self) -> trace.Tracer:

@@ -17,61 +17,51 @@ from .errors import StaleReadError
 _log = logging.getLogger(__name__)
 
 
-class ReadGuard(Protocol):
+class Hooks(Protocol):
+    """What a coherence processor offers instrumentations and scopes (see module doc)."""
+
     def guard_read(self, span: Any) -> None: ...
+    def before_scope_end(self, span: Any, failed: bool) -> None: ...
+    def attribute_agent(self, span: Any) -> None: ...
 
 
-_guards: list[ReadGuard] = []
+_registered: list[Hooks] = []
 _lock = threading.Lock()
 
 
-def register(guard: ReadGuard) -> None:
+def register(hooks: Hooks) -> None:
     with _lock:
-        if guard not in _guards:
-            _guards.append(guard)
+        if hooks not in _registered:
+            _registered.append(hooks)
 
 
-def unregister(guard: ReadGuard) -> None:
+def unregister(hooks: Hooks) -> None:
     with _lock:
-        if guard in _guards:
-            _guards.remove(guard)
+        if hooks in _registered:
+            _registered.remove(hooks)
+
+
+def _each(method: str, *args: Any, passthrough: tuple[type[BaseException], ...] = ()) -> None:
+    for hooks in tuple(_registered):
+        try:
+            getattr(hooks, method)(*args)
+        except passthrough:
+            raise
+        except Exception:  # never let our own bug reach the agent
+            _log.debug("%s failed", method, exc_info=True)
 
 
 def guard_read(span: Any) -> None:
     """Raise StaleReadError if raise mode is on and the read recorded on `span` is stale."""
-    for guard in tuple(_guards):
-        try:
-            guard.guard_read(span)
-        except StaleReadError:
-            raise
-        except Exception:  # never let our own bug reach the agent
-            _log.debug("read guard failed", exc_info=True)
-
-
-class ScopeHook(Protocol):
-    def before_scope_end(self, span: Any, failed: bool) -> None: ...
+    _each("guard_read", span, passthrough=(StaleReadError,))
 
 
 def before_scope_end(span: Any, failed: bool) -> None:
     """Our own scopes call this just before they end, while the span still takes events."""
-    for guard in tuple(_guards):
-        hook = getattr(guard, "before_scope_end", None)
-        if hook is None:
-            continue
-        try:
-            hook(span, failed)
-        except Exception:
-            _log.debug("scope hook failed", exc_info=True)
+    _each("before_scope_end", span, failed)
 
 
 def attribute_agent(span: Any) -> None:
     """Put `gen_ai.agent.name` on an open span that became an observation after it started
     (e.g. a contrib database span we annotate), as the processor does at span start."""
-    for guard in tuple(_guards):
-        hook = getattr(guard, "attribute_agent", None)
-        if hook is None:
-            continue
-        try:
-            hook(span)
-        except Exception:
-            _log.debug("agent attribution failed", exc_info=True)
+    _each("attribute_agent", span)
