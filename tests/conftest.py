@@ -20,6 +20,43 @@ from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
+POSTGRES_DSN = os.environ.get(
+    "AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+)
+REDIS_URL = os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+
+
+def service_missing(what: str, reason: object) -> None:
+    """A test that needs a real service fails in CI when it is down, and skips elsewhere."""
+    message = f"{what} is not reachable ({reason}); .ci/run starts it"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn() -> str:
+    """DSN of the real PostgreSQL server (db `test`, trust auth)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 5432), timeout=2).close()
+    except OSError as exc:
+        service_missing("PostgreSQL at 127.0.0.1:5432", exc)
+    return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the real Redis server, without a db number (tests pick their own db)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError as exc:
+        service_missing("Redis at 127.0.0.1:6379", exc)
+    return REDIS_URL
+
 
 @dataclass
 class Telemetry:
