@@ -65,3 +65,23 @@ def attribute_agent(span: Any) -> None:
     """Put `gen_ai.agent.name` on an open span that became an observation after it started
     (e.g. a contrib database span we annotate), as the processor does at span start."""
     _each("attribute_agent", span)
+
+
+# Drivers (module names such as "sqlite3", "psycopg") whose connections our own instrumentors
+# trace. Framework-level instrumentations (SQLAlchemy) consult it so a statement that a driver
+# instrumentor of ours already records is not counted twice.
+_drivers: set[str] = set()
+
+
+def mark_driver(module: str, instrumented: bool) -> None:
+    """Called by a driver instrumentor on instrument (True) and uninstrument (False)."""
+    with _lock:
+        if instrumented:
+            _drivers.add(module)
+        else:
+            _drivers.discard(module)
+
+
+def driver_instrumented(module: str) -> bool:
+    """Whether an instrumentor of ours currently traces the driver module `module`."""
+    return module in _drivers

@@ -826,6 +826,8 @@ class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
 class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """A sqlite3 connection whose cursors are traced and whose transactions are scopes."""
 
+    _agentstate_traced = True  # tells framework instrumentations this connection is ours
+
     def __init__(self, connection: Any, tracer: trace.Tracer) -> None:
         super().__init__(connection)
         self._self_state = _ConnState(tracer=tracer, raw=_innermost(connection))
@@ -1315,10 +1317,12 @@ class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
             except Exception:  # a wrapper that does not let us in: wrap on top of it
                 _log.debug("cannot go under the existing connect wrapper", exc_info=True)
                 wrapt.wrap_function_wrapper(module, "connect", connect)
+        runtime.mark_driver("sqlite3", True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         import sqlite3.dbapi2 as dbapi2
 
+        runtime.mark_driver("sqlite3", False)
         ours = self._connect_wrapper
         self._connect_wrapper = None
         for module in (sqlite3, dbapi2):
