@@ -9,8 +9,10 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,43 @@ def side_by_side(
         for name, fn in candidates.items():
             samples[name].append(per_op_us(fn, n))
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+Setup = Callable[[], AbstractContextManager[Callable[[int], None]]]
+
+
+def side_by_side_setups(setups: dict[str, Setup], n: int, rounds: int) -> dict[str, float]:
+    """Like side_by_side, for candidates that must be set up and torn down around each
+    round (global instrumentors that patch a client class: only one can be active)."""
+    samples: dict[str, list[float]] = {name: [] for name in setups}
+    for index in range(rounds + 1):
+        for name, setup in setups.items():
+            with setup() as work:
+                work(max(1, n // 10))  # warm-up inside the same setup
+                if index:  # round 0 only warms up
+                    samples[name].append(per_op_us(work, n))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+@contextmanager
+def nothing(work: Callable[[int], None]) -> Iterator[Callable[[int], None]]:
+    yield work
+
+
+def in_agents(tracer_provider: Any, work: Callable[[int], None]) -> Callable[[int], None]:
+    """Run the operations inside one agent span per 50 operations, as agents do."""
+    tracer = tracer_provider.get_tracer("bench")
+    attributes = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "bench"}
+
+    def run(n: int) -> None:
+        done = 0
+        while done < n:
+            step = min(50, n - done)
+            with tracer.start_as_current_span("invoke_agent bench", attributes=attributes):
+                work(step)
+            done += step
+
+    return run
 
 
 def ratio_row(

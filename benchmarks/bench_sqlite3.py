@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from _harness import Row, ratio_row, side_by_side
+from _harness import Row, in_agents, ratio_row, side_by_side
 from opentelemetry.instrumentation import dbapi
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
@@ -60,28 +60,6 @@ def _update(connection: Any) -> Callable[[int], None]:
     return run
 
 
-def _in_agent(
-    provider: TracerProvider | None, work: Callable[[int], None]
-) -> Callable[[int], None]:
-    """Run the operations inside one agent span per 50 operations (a realistic trace shape)."""
-    if provider is None:
-        return work
-    tracer = provider.get_tracer("bench")
-
-    def run(n: int) -> None:
-        done = 0
-        while done < n:
-            step = min(50, n - done)
-            with tracer.start_as_current_span(
-                "invoke_agent bench",
-                attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "bench"},
-            ):
-                work(step)
-            done += step
-
-    return run
-
-
 def run(quick: bool) -> list[Row]:
     contrib_provider = TracerProvider()
     ours_provider = TracerProvider()
@@ -107,8 +85,8 @@ def run(quick: bool) -> list[Row]:
         times = side_by_side(
             {
                 "none": make(plain),
-                "contrib": _in_agent(contrib_provider, make(contrib)),
-                "ours": _in_agent(ours_provider, make(ours)),
+                "contrib": in_agents(contrib_provider, make(contrib)),
+                "ours": in_agents(ours_provider, make(ours)),
             },
             n,
             rounds,
