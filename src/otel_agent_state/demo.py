@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -304,8 +305,18 @@ def _print_findings(findings: list[Finding], out: TextIO) -> None:
 
 
 def run(
-    out: TextIO, workdir: Path | None = None, console: bool = False, which: str = "both"
+    out: TextIO,
+    workdir: Path | None = None,
+    console: bool = False,
+    which: str = "both",
+    repeat: int = 1,
+    interval: float = 0.0,
 ) -> DemoResult:
+    """Run the workflows `repeat` times (0: until interrupted), `interval` seconds apart.
+
+    Repeating keeps a long-lived process producing anomalies, so a metrics scraper
+    (Prometheus, the collector) sees the counters grow and alert rules fire.
+    """
     configure(rules=FACT_RULES)
     result = DemoResult([], [])
     with tempfile.TemporaryDirectory(prefix="otel-agent-state-demo-") as scratch:
@@ -321,17 +332,25 @@ def run(
             f"(primary + cache table + lagging replica in {directory})\n"
         )
         with _telemetry(console) as collected:
-            for correct in (False, True):
-                if which == ("correct" if not correct else "faulty"):
-                    continue
-                label = "correct workflow" if correct else "faulty workflow"
-                out.write(f"\n{label}:\n")
-                trace_id = run_workflow(stores, correct, say)
-                out.write(f"  (trace {trace_id})\n")
-                findings = _findings(list(collected.get_finished_spans()), trace_id)
-                _print_findings(findings, out)
-                if correct:
-                    result.correct = findings
-                else:
-                    result.faulty = findings
+            round_ = 0
+            while repeat <= 0 or round_ < repeat:
+                if round_:
+                    time.sleep(max(interval, 0.0))
+                    out.write(f"\nround {round_ + 1}:\n")
+                round_ += 1
+                for correct in (False, True):
+                    if which == ("correct" if not correct else "faulty"):
+                        continue
+                    label = "correct workflow" if correct else "faulty workflow"
+                    out.write(f"\n{label}:\n")
+                    trace_id = run_workflow(stores, correct, say)
+                    out.write(f"  (trace {trace_id})\n")
+                    findings = _findings(list(collected.get_finished_spans()), trace_id)
+                    _print_findings(findings, out)
+                    if correct:
+                        result.correct = findings
+                    else:
+                        result.faulty = findings
+                collected.clear()  # a long-running demo keeps bounded memory
+                out.flush()
     return result
