@@ -1,0 +1,686 @@
+"""State-aware instrumentation of redis-py, sync and `redis.asyncio` (SPEC §3).
+
+`RedisInstrumentor().instrument(tracer_provider=...)` wraps `Redis.execute_command`,
+`Pipeline.execute` and `Pipeline.immediate_execute_command` of both clients. Each command
+gets one CLIENT span with the database semantic conventions (never keys or values) plus the
+facts it read or wrote (`redis:<db>/<key>`, mapped by fact rules) and their versions
+(a configured JSON / hash field, else a keyed digest of the value as Redis stores it).
+DEL/UNLINK (and an EXPIRE that deletes at once) write `none`: invalidations. A MULTI/EXEC
+pipeline is a transaction (`agentstate.txn.id`, its outcome on the same span); a plain
+pipeline records every command's facts on its one span. Tier `cache` unless a fact rule's
+key pattern says otherwise.
+
+Coexistence with contrib's opentelemetry-instrumentation-redis: our wrappers go under any
+wrappers already there (next to redis-py's function), so contrib's span, when there is one,
+is the database span and we annotate it. Nothing of ours raises into the application except
+`StaleReadError` from the read guard; redis-py's own errors propagate unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import wrapt
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from .. import __version__, runtime
+from .. import attributes as A
+from ..config import FactRule, get_settings
+from ..errors import StaleReadError
+from ._redis_commands import (
+    ABSENT,
+    COMMANDS,
+    STORE,
+    UNKNOWN,
+    Effect,
+    Value,
+    Versions,
+    command_name,
+    effects,
+    key_text,
+)
+from ._redis_commands import _parse_json as parse_json
+
+_log = logging.getLogger(__name__)
+
+_CONTRIB_SCOPE = "opentelemetry.instrumentation.redis"
+_MAX_FACTS = 1_000  # facts recorded on one span
+_MAX_SUMMARY_NAMES = 8
+_PENDING = ""  # a write whose version is read again after the command
+BATCH_SIZE = "db.operation.batch.size"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _conn_kwargs(instance: Any) -> dict[str, Any]:
+    pool = getattr(instance, "connection_pool", None)
+    kwargs = getattr(pool, "connection_kwargs", None)
+    return kwargs if isinstance(kwargs, dict) else {}
+
+
+def _db(instance: Any) -> str:
+    db = _conn_kwargs(instance).get("db")
+    return str(db) if db is not None else "0"
+
+
+def _versions(instance: Any) -> Versions:
+    kwargs = _conn_kwargs(instance)
+    return Versions(
+        get_settings(),
+        str(kwargs.get("encoding") or "utf-8"),
+        str(kwargs.get("encoding_errors") or "strict"),
+    )
+
+
+@contextmanager
+def _suppressed() -> Iterator[None]:
+    """Our own follow-up reads: no spans from us or contrib."""
+    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _contrib_span(span: Span) -> bool:
+    """contrib's redis span for this very call (it wraps just outside us), not yet ours."""
+    try:
+        if not span.is_recording():
+            return False
+        scope = getattr(span, "instrumentation_scope", None)
+        attrs = getattr(span, "attributes", None) or {}
+        return getattr(scope, "name", None) == _CONTRIB_SCOPE and A.STORE not in attrs
+    except Exception:
+        return False
+
+
+def _summary(names: Sequence[str], prefix: str) -> str:
+    distinct = list(dict.fromkeys(n for n in names if n))[:_MAX_SUMMARY_NAMES]
+    return " ".join([prefix, *distinct])
+
+
+# --------------------------------------------------------------------------- observations
+
+
+class _Recorder:
+    """Facts and versions of one span, from the effects of its commands in order."""
+
+    def __init__(self, instance: Any) -> None:
+        self.db = _db(instance)
+        self.versions = _versions(instance)
+        self.settings = self.versions.settings
+        self.reads: dict[str, str] = {}
+        self.writes: dict[str, str] = {}
+        self.refetch: list[tuple[str, str, FactRule | None, str, Any]] = []
+        self.tier: str | None = None
+        self.unresolved: str | None = None
+
+    def physical(self, key: Any) -> str:
+        return f"{STORE}:{self.db}/{key_text(self.versions.raw(key))}"
+
+    def add(self, found: Sequence[Effect]) -> None:
+        for effect in found:
+            if len(self.reads) + len(self.writes) >= _MAX_FACTS:
+                self.unresolved = "too many keys"
+                return
+            physical = self.physical(effect.key)
+            resolved = self.settings.resolve(physical)
+            if self.tier is None:
+                self.tier = resolved.tier or "cache"
+            fact = resolved.key
+            version = self.versions.version(physical, resolved.rule, effect.value)
+            if effect.op == "r":
+                if fact in self.reads or fact in self.writes:
+                    continue  # the span's first read counts; a read of its own write is not one
+                if version is None:
+                    self.unresolved = "partial read"
+                    continue
+                self.reads[fact] = version
+                continue
+            self.writes.pop(fact, None)
+            if version is None:
+                kind = "json" if effect.value.kind == "refetch_json" else "hash"
+                self.refetch.append((fact, physical, resolved.rule, kind, effect.key))
+                version = _PENDING
+            self.writes[fact] = version
+
+    def pending(self) -> list[tuple[str, str, FactRule | None, str, Any]]:
+        return [item for item in self.refetch if self.writes.get(item[0]) == _PENDING]
+
+    def refetched(self, fact: str, physical: str, rule: FactRule | None, value: Value) -> None:
+        version = self.versions.version(physical, rule, value)
+        if version is None:
+            self.writes.pop(fact, None)
+            self.unresolved = "version unknown"
+        else:
+            self.writes[fact] = version
+
+    def finish(self) -> None:
+        for fact in [f for f, v in self.writes.items() if v == _PENDING]:
+            del self.writes[fact]
+            self.unresolved = "version unknown"
+
+    def apply(self, span: Span) -> None:
+        if not span.is_recording():
+            return
+        self.finish()
+        out: dict[str, Any] = {}  # one set_attributes call: one lock round trip
+        if self.reads or self.writes:
+            if self.reads and self.writes:
+                op = "read_write"
+            elif self.writes:
+                op = "delete" if all(v == "none" for v in self.writes.values()) else "write"
+            else:
+                op = "read"
+            out[A.OP] = op
+            out[A.TIER] = self.tier or "cache"
+        if self.reads:
+            out[A.READ_FACTS] = list(self.reads)
+            out[A.READ_VERSIONS] = list(self.reads.values())
+            out[A.CONSISTENCY] = self.settings.consistency_label(self.reads)
+        if self.writes:
+            out[A.WRITE_FACTS] = list(self.writes)
+            out[A.WRITE_VERSIONS] = list(self.writes.values())
+        if self.unresolved:
+            out[A.UNRESOLVED] = self.unresolved
+        if out:
+            span.set_attributes(out)
+
+
+def _refetch_value(kind: str, response: Any) -> Value:
+    if kind == "hash":
+        if isinstance(response, list):
+            response = dict(zip(response[::2], response[1::2], strict=False))
+        return Value("hash", dict(response)) if response else ABSENT
+    if response is None:
+        return ABSENT
+    if isinstance(response, (bytes, str)):
+        return Value("json", parse_json(response))
+    return Value("json", response)
+
+
+def _refetch_args(kind: str, key: Any) -> tuple[Any, ...]:
+    return ("HGETALL", key) if kind == "hash" else ("JSON.GET", key, ".")
+
+
+class _Call:
+    """One span: ours (we start and end it) or contrib's for the same call (we annotate)."""
+
+    def __init__(self, tracer: trace.Tracer, name: str, attrs: dict[str, Any]) -> None:
+        current = trace.get_current_span()
+        if _contrib_span(current):
+            self.span = current
+            self.own = False
+            present = getattr(current, "attributes", None) or {}
+            current.set_attributes(  # contrib's own db.* values stay
+                {k: v for k, v in attrs.items() if not (k.startswith("db.") and k in present)}
+            )
+            runtime.attribute_agent(current)
+        else:
+            self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+            self.own = True
+        self.ended = False
+
+    def activate(self) -> object | None:
+        if not self.own:
+            return None
+        return otel_context.attach(trace.set_span_in_context(self.span))
+
+    @staticmethod
+    def deactivate(token: object | None) -> None:
+        if token is not None:
+            otel_context.detach(token)  # type: ignore[arg-type]
+
+    def fail(self, exc: BaseException, status: bool = True) -> None:
+        try:
+            if self.own:  # contrib's span records the exception as it passes through
+                if status:
+                    self.span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                self.span.record_exception(exc)
+            self.end()
+        except Exception:
+            _log.debug("recording the error failed", exc_info=True)
+
+    def guard(self, reads: bool) -> None:
+        """Raise mode: a stale read raises here, before the value reaches the application."""
+        if not reads:
+            return
+        try:
+            runtime.guard_read(self.span)
+        except StaleReadError as exc:
+            self.fail(exc)
+            raise
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        if self.own:
+            self.span.end()
+
+
+def _start_command(tracer: trace.Tracer, instance: Any, args: Sequence[Any]) -> _Call | None:
+    try:
+        name = command_name(args) or "redis"
+        attrs: dict[str, Any] = {
+            A.DB_SYSTEM_NAME: STORE,
+            A.DB_NAMESPACE: _db(instance),
+            A.DB_OPERATION_NAME: name,
+            A.DB_QUERY_SUMMARY: name,
+        }
+        if name in COMMANDS:
+            attrs[A.STORE] = STORE
+        return _Call(tracer, name, attrs)
+    except Exception:
+        _log.debug("starting the span failed", exc_info=True)
+        return None
+
+
+def _record_command(instance: Any, args: Sequence[Any], result: Any) -> _Recorder:
+    recorder = _Recorder(instance)
+    recorder.add(effects(command_name(args), args, result))
+    return recorder
+
+
+# --------------------------------------------------------------------------- pipelines
+
+
+def _stack(instance: Any) -> list[tuple[Sequence[Any], Any]]:
+    stack = getattr(instance, "command_stack", None)
+    out: list[tuple[Sequence[Any], Any]] = []
+    for entry in stack or ():
+        entry_args = getattr(entry, "args", None)
+        if entry_args is None and isinstance(entry, tuple) and entry:
+            entry_args = entry[0]
+        if isinstance(entry_args, (tuple, list)):
+            out.append((entry_args, entry))
+    return out
+
+
+def _transactional(instance: Any) -> bool:
+    flag = getattr(instance, "is_transaction", None)  # redis.asyncio
+    if not isinstance(flag, bool):
+        flag = getattr(instance, "transaction", False)  # sync: an attribute over the method
+    return (isinstance(flag, bool) and flag) or bool(getattr(instance, "explicit_transaction", 0))
+
+
+class _Batch:
+    def __init__(self, tracer: trace.Tracer, instance: Any) -> None:
+        self.stack = _stack(instance)
+        self.txn = _transactional(instance)
+        names = [command_name(args) for args, _ in self.stack]
+        operation = "MULTI" if self.txn else "PIPELINE"
+        attrs: dict[str, Any] = {
+            A.DB_SYSTEM_NAME: STORE,
+            A.DB_NAMESPACE: _db(instance),
+            A.DB_OPERATION_NAME: operation,
+            A.DB_QUERY_SUMMARY: _summary(names, operation),
+            BATCH_SIZE: len(self.stack),
+        }
+        if any(n in COMMANDS for n in names):
+            attrs[A.STORE] = STORE
+        self.call = _Call(tracer, operation, attrs)
+        self.txn_id = uuid.uuid4().hex if self.txn else None
+
+    def record(self, instance: Any, responses: Any) -> _Recorder:
+        recorder = _Recorder(instance)
+        known = isinstance(responses, list) and len(responses) == len(self.stack)
+        for index, (args, _) in enumerate(self.stack):
+            response = responses[index] if known else UNKNOWN
+            recorder.add(effects(command_name(args), args, response))
+        return recorder
+
+    def outcome(self, span: Span, outcome: str, wrote: bool) -> None:
+        if self.txn_id is None or not span.is_recording():
+            return
+        span.set_attribute(A.TXN_ID, self.txn_id)
+        span.set_attribute(A.TXN_OUTCOME, outcome)
+        if wrote:
+            span.set_attribute(A.COMMITTED, outcome == "commit")
+
+
+def _failed_batch(exc: BaseException) -> tuple[str, bool]:
+    """(transaction outcome, whether the commands ran) for an exception from execute()."""
+    from redis.exceptions import ExecAbortError, ResponseError, WatchError
+
+    if isinstance(exc, (WatchError, ExecAbortError)):
+        return "rollback", False  # nothing was applied
+    if isinstance(exc, ResponseError):
+        # redis-py raises a queued command's error in place of EXECABORT (from it): nothing
+        # ran. Otherwise EXEC ran and one command's error was raised afterwards.
+        if isinstance(exc.__cause__ or exc.__context__, ExecAbortError):
+            return "rollback", False
+        return "commit", True
+    return "rollback", False  # connection lost or similar: nothing shows it was applied
+
+
+def _watch_error(exc: BaseException) -> bool:
+    from redis.exceptions import WatchError
+
+    return isinstance(exc, WatchError)
+
+
+def _batch_failed(batch: _Batch, instance: Any, exc: BaseException) -> _Recorder | None:
+    """Record what a failed execute() did; returns a recorder that may need follow-ups."""
+    try:
+        outcome, ran = _failed_batch(exc)
+        recorder = batch.record(instance, None) if ran else None
+        if recorder is not None:
+            recorder.reads.clear()  # their values were never returned
+        batch.outcome(batch.call.span, outcome, bool(recorder and recorder.writes))
+        return recorder
+    except Exception:
+        _log.debug("recording the failed pipeline failed", exc_info=True)
+        return None
+
+
+# --------------------------------------------------------------------------- sync wrappers
+
+
+def _raw_client(instance: Any) -> Any:
+    import redis
+
+    if isinstance(instance, redis.client.Pipeline):
+        return redis.Redis(connection_pool=instance.connection_pool)
+    return instance
+
+
+def _refetch_sync(instance: Any, recorder: _Recorder) -> None:
+    pending = recorder.pending()
+    if not pending:
+        return
+    client = _raw_client(instance)
+    for fact, physical, rule, kind, key in pending:
+        try:
+            with _suppressed():
+                response = client.execute_command(*_refetch_args(kind, key))
+            recorder.refetched(fact, physical, rule, _refetch_value(kind, response))
+        except Exception:
+            _log.debug("reading %s again failed", kind, exc_info=True)
+
+
+def _command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
+    def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not args or not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        call = _start_command(tracer, instance, args)
+        if call is None:
+            return wrapped(*args, **kwargs)
+        token = call.activate()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.deactivate(token)
+            call.fail(exc)
+            raise
+        call.deactivate(token)
+        reads = False
+        try:
+            recorder = _record_command(instance, args, result)
+            _refetch_sync(instance, recorder)
+            recorder.apply(call.span)
+            reads = bool(recorder.reads)
+        except Exception:
+            _log.debug("recording the command failed", exc_info=True)
+        call.guard(reads)
+        call.end()
+        return result
+
+    return traced_command
+
+
+def _pipeline_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
+    def traced_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        try:
+            batch = _Batch(tracer, instance) if _stack(instance) else None
+        except Exception:
+            _log.debug("starting the pipeline span failed", exc_info=True)
+            batch = None
+        if batch is None:
+            return wrapped(*args, **kwargs)
+        call = batch.call
+        token = call.activate()
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.deactivate(token)
+            recorder = _batch_failed(batch, instance, exc)
+            if recorder is not None:
+                try:
+                    _refetch_sync(instance, recorder)
+                    recorder.apply(call.span)
+                except Exception:
+                    _log.debug("recording the failed pipeline failed", exc_info=True)
+            call.fail(exc, status=not _watch_error(exc))
+            raise
+        call.deactivate(token)
+        reads = False
+        try:
+            recorder = batch.record(instance, result)
+            _refetch_sync(instance, recorder)
+            recorder.apply(call.span)
+            batch.outcome(call.span, "commit", bool(recorder.writes))
+            reads = bool(recorder.reads)
+        except Exception:
+            _log.debug("recording the pipeline failed", exc_info=True)
+        call.guard(reads)
+        call.end()
+        return result
+
+    return traced_execute
+
+
+# --------------------------------------------------------------------------- async wrappers
+
+
+async def _refetch_async(instance: Any, recorder: _Recorder) -> None:
+    pending = recorder.pending()
+    if not pending:
+        return
+    import redis.asyncio
+
+    own_client = isinstance(instance, redis.asyncio.client.Pipeline)
+    client = (
+        redis.asyncio.Redis(connection_pool=instance.connection_pool) if own_client else instance
+    )
+    try:
+        for fact, physical, rule, kind, key in pending:
+            try:
+                with _suppressed():
+                    response = await client.execute_command(*_refetch_args(kind, key))
+                recorder.refetched(fact, physical, rule, _refetch_value(kind, response))
+            except Exception:
+                _log.debug("reading %s again failed", kind, exc_info=True)
+    finally:
+        if own_client:
+            try:
+                await client.aclose()
+            except Exception:
+                _log.debug("closing the follow-up client failed", exc_info=True)
+
+
+def _async_command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
+    async def run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        call = _start_command(tracer, instance, args)
+        if call is None:
+            return await wrapped(*args, **kwargs)
+        token = call.activate()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.deactivate(token)
+            call.fail(exc)
+            raise
+        call.deactivate(token)
+        reads = False
+        try:
+            recorder = _record_command(instance, args, result)
+            await _refetch_async(instance, recorder)
+            recorder.apply(call.span)
+            reads = bool(recorder.reads)
+        except Exception:
+            _log.debug("recording the command failed", exc_info=True)
+        call.guard(reads)
+        call.end()
+        return result
+
+    def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not args or not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        return run(wrapped, instance, args, kwargs)
+
+    return traced_command
+
+
+def _async_pipeline_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
+    async def run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        try:
+            batch = _Batch(tracer, instance) if _stack(instance) else None
+        except Exception:
+            _log.debug("starting the pipeline span failed", exc_info=True)
+            batch = None
+        if batch is None:
+            return await wrapped(*args, **kwargs)
+        call = batch.call
+        token = call.activate()
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
+            call.deactivate(token)
+            recorder = _batch_failed(batch, instance, exc)
+            if recorder is not None:
+                try:
+                    await _refetch_async(instance, recorder)
+                    recorder.apply(call.span)
+                except Exception:
+                    _log.debug("recording the failed pipeline failed", exc_info=True)
+            call.fail(exc, status=not _watch_error(exc))
+            raise
+        call.deactivate(token)
+        reads = False
+        try:
+            recorder = batch.record(instance, result)
+            await _refetch_async(instance, recorder)
+            recorder.apply(call.span)
+            batch.outcome(call.span, "commit", bool(recorder.writes))
+            reads = bool(recorder.reads)
+        except Exception:
+            _log.debug("recording the pipeline failed", exc_info=True)
+        call.guard(reads)
+        call.end()
+        return result
+
+    def traced_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        return run(wrapped, instance, args, kwargs)
+
+    return traced_execute
+
+
+# --------------------------------------------------------------------------- instrumentor
+
+
+_PROXY_TYPES: tuple[type, ...] = tuple(
+    t for t in (getattr(wrapt, "BaseObjectProxy", None), wrapt.ObjectProxy) if t is not None
+)
+
+
+def _targets() -> list[tuple[type, str, str, bool]]:
+    """(class, method, kind, async) of everything we wrap."""
+    import redis.asyncio.client
+    import redis.client
+
+    return [
+        (redis.client.Redis, "execute_command", "command", False),
+        (redis.client.Pipeline, "execute", "pipeline", False),
+        (redis.client.Pipeline, "immediate_execute_command", "command", False),
+        (redis.asyncio.client.Redis, "execute_command", "command", True),
+        (redis.asyncio.client.Pipeline, "execute", "pipeline", True),
+        (redis.asyncio.client.Pipeline, "immediate_execute_command", "command", True),
+    ]
+
+
+def wrapper_chain(cls: type, name: str) -> list[Any]:
+    """`cls.name` and the wrapt wrappers under it, outermost first, redis-py's function last."""
+    chain = [cls.__dict__.get(name)]
+    while len(chain) < 32 and isinstance(chain[-1], _PROXY_TYPES):
+        inner = getattr(chain[-1], "__wrapped__", None)
+        if inner is None:
+            break
+        chain.append(inner)
+    return chain
+
+
+def _put(cls: type, name: str, chain: list[Any], index: int, new: Any) -> None:
+    """Make `new` stand where `chain[index]` stands (class attribute or a wrapper's inside)."""
+    if index == 0:
+        setattr(cls, name, new)
+    else:
+        chain[index - 1].__wrapped__ = new
+
+
+class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Traces redis-py commands, pipelines and MULTI/EXEC transactions, sync and asyncio.
+
+    Whatever the load order next to contrib's RedisInstrumentor, ours goes innermost, so
+    contrib's span stays the one database span and carries our attributes too. contrib's
+    `unwrap()` removes the outermost wrapper, which is then always its own; ours takes out
+    only our own wrapper wherever it sits.
+    """
+
+    # BaseInstrumentor is a singleton whose __init__ runs on every RedisInstrumentor():
+    # the wrappers live on the class so a new handle can still take them out.
+    _wrappers: dict[tuple[type, str], Callable[..., Any]] = {}  # noqa: RUF012
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ("redis >= 4.2.0",)
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer = trace.get_tracer(
+            __name__, __version__, tracer_provider=kwargs.get("tracer_provider")
+        )
+        wrappers: dict[tuple[type, str], Callable[..., Any]] = {}
+        factories = {
+            ("command", False): _command_wrapper,
+            ("pipeline", False): _pipeline_wrapper,
+            ("command", True): _async_command_wrapper,
+            ("pipeline", True): _async_pipeline_wrapper,
+        }
+        for cls, name, kind, is_async in _targets():
+            wrapper = factories[(kind, is_async)](tracer)
+            chain = wrapper_chain(cls, name)
+            if chain[-1] is None:
+                continue
+            try:
+                _put(cls, name, chain, len(chain) - 1, wrapt.FunctionWrapper(chain[-1], wrapper))
+            except Exception:  # a wrapper that does not let us in: wrap on top of it
+                _log.debug("cannot go under the wrapper of %s.%s", cls, name, exc_info=True)
+                wrapt.wrap_function_wrapper(cls, name, wrapper)
+            wrappers[(cls, name)] = wrapper
+        type(self)._wrappers = wrappers
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        wrappers = type(self)._wrappers
+        type(self)._wrappers = {}
+        for (cls, name), ours in wrappers.items():
+            chain = wrapper_chain(cls, name)
+            for index, link in enumerate(chain[:-1]):
+                if getattr(link, "_self_wrapper", None) is ours:
+                    try:
+                        _put(cls, name, chain, index, link.__wrapped__)
+                    except Exception:  # never unwrap() here: it would take out another's
+                        _log.debug("cannot take our wrapper out of %s.%s", cls, name)
+                    break
