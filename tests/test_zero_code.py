@@ -4,6 +4,7 @@ imports nothing of ours."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -133,9 +134,22 @@ def test_we_register_no_configurator_and_distro_stays_the_one() -> None:
         for ep in entry_points(group="opentelemetry_instrumentor")
         if ep.value.startswith("otel_agent_state")
     }
-    assert ours == {
-        "agentstate_sqlite3": "otel_agent_state.instrumentation.sqlite3:SQLite3Instrumentor"
+    # One entry point per public module under instrumentation/, named agentstate_<module>,
+    # each a BaseInstrumentor (so OTEL_PYTHON_DISABLED_INSTRUMENTATIONS can switch it off).
+    from opentelemetry.instrumentation.instrumentor import (  # type: ignore[attr-defined]
+        BaseInstrumentor,
+    )
+
+    import otel_agent_state.instrumentation as package
+
+    modules = {
+        p.stem for p in Path(package.__file__).parent.glob("*.py") if not p.stem.startswith("_")
     }
+    assert set(ours) == {f"agentstate_{m}" for m in modules}
+    for name, value in ours.items():
+        module, _, attr = value.partition(":")
+        assert module == f"otel_agent_state.instrumentation.{name.removeprefix('agentstate_')}"
+        assert issubclass(getattr(importlib.import_module(module), attr), BaseInstrumentor)
     hooks = [ep.value for ep in entry_points(group="opentelemetry_post_instrument")]
     assert "otel_agent_state.autoinstrument:install_processor" in hooks
 
