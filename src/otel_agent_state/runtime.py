@@ -67,6 +67,25 @@ def attribute_agent(span: Any) -> None:
     _each("attribute_agent", span)
 
 
+def enclosing_agent(span: Any) -> tuple[str, str | None] | None:
+    """The agent that work under the open `span` is attributed to (an agent scope, GenAI
+    ancestor or framework hint above it) and the span id (16 hex digits) of its agent scope,
+    if any; None when nothing above names an agent. Frameworks (LangGraph) use it to honour
+    the SPEC §3 order. The first processor that tracks `span` answers."""
+    for hooks in tuple(_registered):
+        method = getattr(hooks, "enclosing_agent", None)
+        if method is None:
+            continue
+        try:
+            found = method(span)
+        except Exception:  # never let our own bug reach the agent
+            _log.debug("enclosing_agent failed", exc_info=True)
+            continue
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    return None
+
+
 # Drivers (module names such as "sqlite3", "psycopg") whose connections our own instrumentors
 # trace. Framework-level instrumentations (SQLAlchemy) consult it so a statement that a driver
 # instrumentor of ours already records is not counted twice.
