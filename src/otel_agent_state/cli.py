@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import gc
+import importlib
+import importlib.util
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError
+from .config import ConfigError, Settings, get_settings, parse_consistency
+
+if TYPE_CHECKING:
+    from .offline import TraceView
 
 _DESCRIPTION = """\
 Make shared state visible in the traces of multi-agent systems.
@@ -32,6 +42,63 @@ agent saw and every anomaly found; the correct workflow shows none.
 Also runs under the launcher, which prints every span with the console exporter:
 
     OTEL_TRACES_EXPORTER=console opentelemetry-instrument otel-agent-state demo
+
+Run the same scenario on real servers: --redis-url puts the score cache in Redis,
+--postgres-dsn the primary and the replica in PostgreSQL (schemas agentstate_demo and
+agentstate_demo_replica), either or both:
+
+    otel-agent-state demo --redis-url redis://127.0.0.1:6379/0 \\
+        --postgres-dsn postgresql://postgres@127.0.0.1:5432/postgres
+"""
+
+
+_CHECK_HELP = """\
+Check exported traces offline: read spans from OTLP JSON files, group them into whole
+traces (across files: a trace split over the exports of several processes is judged as
+one), run the same detectors as the live span processor, and print a JSON report:
+
+    {"traces": N, "spans": N, "anomalies": [{"kind", "trace_id", "span_id", "fact",
+     "observed_version", "expected_version", "agents", "evidence_span_ids", "summary",
+     "severity", "store", "lag_ms"}]}
+
+Formats, told apart per file by looking at the content:
+  - the OTel Collector file exporter: one ExportTraceServiceRequest per line (JSON lines);
+  - an OTLP/HTTP JSON body: one ExportTraceServiceRequest per file (any layout);
+  - the SDK console exporter (OTEL_TRACES_EXPORTER=console): one indented span per object.
+Use - to read standard input.
+
+Settings come from the same OTEL_AGENTSTATE_* variables and fact rules as the live
+processor (consistency model, clock skew across processes); the options override them.
+
+Exit status: 0 no anomaly of severity error, 1 at least one, 2 unreadable input (the file,
+line and reason go to standard error) or bad configuration.
+"""
+
+_CHECK_EPILOG = """\
+examples:
+  otel-agent-state check traces.jsonl
+  otel-agent-state check planner.jsonl scorer.jsonl --clock-skew-ms 50
+  OTEL_TRACES_EXPORTER=console python my_agents.py | otel-agent-state check -
+  otel-agent-state check --skip-bad big.jsonl | jq '.anomalies[] | .summary'
+
+memory: spans are held until the input ends (no span proves a trace complete); beyond
+--max-spans the oldest trace is judged early on what was read of it, with a warning.
+"""
+
+_REPORT_HELP = """\
+Write a self-contained HTML state timeline of exported traces (same inputs as 'check'):
+one section per trace, agents as lanes, each read and write of a fact with its version,
+anomalies highlighted with links to their evidence spans. No external assets: open the
+file in any browser, attach it to a ticket.
+"""
+
+_REPORT_EPILOG = """\
+examples:
+  otel-agent-state report traces.jsonl -o report.html
+  otel-agent-state report planner.jsonl scorer.jsonl -o run-42.html --max-traces 20
+
+Traces with anomalies come first; at most --max-traces traces are drawn (default 100).
+Exit status as for 'check' (1 when an error-severity anomaly was found).
 """
 
 
@@ -65,7 +132,291 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also print every span as JSON (without the launcher)",
     )
+    demo.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the workflows N times, 0 = until interrupted (default: 1); keeps the "
+        "process alive for metric scrapers",
+    )
+    demo.add_argument(
+        "--interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="pause between repetitions (default: 5)",
+    )
+    demo.add_argument(
+        "--redis-url",
+        default=os.environ.get("AGENTSTATE_REDIS_URL") or None,
+        metavar="URL",
+        help="keep the score cache in this Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(default: $AGENTSTATE_REDIS_URL, else a SQLite table)",
+    )
+    demo.add_argument(
+        "--postgres-dsn",
+        default=os.environ.get("AGENTSTATE_POSTGRES_DSN") or None,
+        metavar="DSN",
+        help="keep the primary and the replica in this PostgreSQL, schemas agentstate_demo "
+        "and agentstate_demo_replica (default: $AGENTSTATE_POSTGRES_DSN, else SQLite)",
+    )
+    demo.set_defaults(handler=_demo)
+    check = commands.add_parser(
+        "check",
+        help="check exported traces (OTLP JSON, console JSON) and print a JSON report",
+        description=_CHECK_HELP,
+        epilog=_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _input_arguments(check)
+    check.add_argument(
+        "--indent", type=int, default=None, help="indent the JSON report (default: one line)"
+    )
+    check.set_defaults(handler=_check)
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML state timeline of exported traces",
+        description=_REPORT_HELP,
+        epilog=_REPORT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _input_arguments(report)
+    report.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
+    report.add_argument(
+        "--max-traces",
+        type=_positive,
+        default=100,
+        help="draw at most this many traces, those with anomalies first (default: 100)",
+    )
+    report.set_defaults(handler=_report)
+    serve = commands.add_parser(
+        "serve",
+        help="OTLP/HTTP receiver that runs the detectors across processes",
+        description="An OTLP/HTTP receiver that groups spans into traces, runs the detectors "
+        "across processes and re-exports anomaly spans and metrics over OTLP.",
+    )
+    try:
+        serve_module = _serve_module()
+    except Exception:  # a broken serve must not take check, report and demo down with it
+        serve_module = None
+    if serve_module is not None:
+        serve_module.add_arguments(serve)
+    serve.set_defaults(handler=_serve)
     return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _input_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+", metavar="FILE", help="input files; - for stdin")
+    parser.add_argument(
+        "--consistency",
+        help="consistency model for facts without a rule: linearizable, session, "
+        "bounded:<ms>, eventual (default: $OTEL_AGENTSTATE_CONSISTENCY or linearizable)",
+    )
+    parser.add_argument(
+        "--clock-skew-ms",
+        type=int,
+        help="clock skew tolerated between processes (default: $OTEL_AGENTSTATE_CLOCK_SKEW_MS)",
+    )
+    parser.add_argument(
+        "--max-spans",
+        type=_positive,
+        default=2_000_000,
+        help="spans held in memory before the oldest trace is judged early (default: 2000000)",
+    )
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable lines with a warning instead of stopping with exit status 2",
+    )
+
+
+def _serve_module() -> Any:
+    """`serve` lives in its own module (it needs the OTLP exporter); loaded only if present."""
+    if importlib.util.find_spec(f"{__package__}.serve") is None:
+        return None
+    return importlib.import_module(f"{__package__}.serve")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import DemoError, run
+
+    try:
+        run(
+            sys.stdout,
+            workdir=args.workdir,
+            console=args.console,
+            which=args.run,
+            repeat=args.repeat,
+            interval=args.interval,
+            redis_url=args.redis_url,
+            postgres_dsn=args.postgres_dsn,
+        )
+    except DemoError as exc:
+        sys.stdout.flush()
+        print(f"otel-agent-state demo: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        module = _serve_module()
+    except Exception as exc:
+        print(f"otel-agent-state: serve is not available: {exc}", file=sys.stderr)
+        return 2
+    if module is None:
+        print("otel-agent-state: serve is not available in this installation", file=sys.stderr)
+        return 2
+    return int(module.run(args))
+
+
+class _InputError(Exception):
+    pass
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = get_settings()
+    if args.consistency:
+        try:
+            settings = replace(settings, consistency=parse_consistency(args.consistency))
+        except ValueError as exc:
+            raise ConfigError(f"--consistency: {exc}") from None
+    if args.clock_skew_ms is not None:
+        settings = replace(settings, clock_skew_ms=max(0, args.clock_skew_ms))
+    return settings
+
+
+def _views(args: argparse.Namespace, settings: Settings) -> Iterator[TraceView]:
+    """Judge every trace in the input files; raises _InputError on unreadable input."""
+    from .offline import TraceGrouper
+
+    grouper = TraceGrouper(max_spans=args.max_spans)
+    # Millions of long-lived, acyclic objects: the cyclic GC would rescan them over and
+    # over (a third of the run time); reference counting frees the garbage.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        yield from _judged(args, settings, grouper)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Iterator[TraceView]:
+    from .offline import FormatError, PendingTrace, json_values, judge
+
+    warned = False
+
+    def done(pending: PendingTrace) -> TraceView:
+        return judge(
+            pending.trace_id, pending.records, pending.parents, settings, spans=pending.count
+        )
+
+    for name in args.files:
+        label = "<stdin>" if name == "-" else name
+
+        def bad(error: FormatError, label: str = label) -> None:
+            print(f"{label}:{error.line}: {error.reason} (skipped)", file=sys.stderr)
+
+        try:
+            stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise _InputError(f"{label}: {exc.strerror or exc}") from None
+        lineno = 0
+        try:
+            for lineno, value in json_values(stream, bad if args.skip_bad else None):
+                try:
+                    evicted = grouper.add(value)
+                except FormatError as exc:
+                    if not args.skip_bad:
+                        raise FormatError(exc.reason, lineno) from None
+                    bad(FormatError(exc.reason, lineno))
+                    continue
+                for pending in evicted:
+                    if not warned:
+                        warned = True
+                        print(
+                            f"otel-agent-state: more than {args.max_spans} spans held: judging "
+                            "the oldest traces early (raise --max-spans if their spans are "
+                            "spread over the input)",
+                            file=sys.stderr,
+                        )
+                    yield done(pending)
+        except FormatError as exc:
+            raise _InputError(f"{label}:{exc.line or lineno}: {exc.reason}") from None
+        except UnicodeDecodeError as exc:
+            raise _InputError(f"{label}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
+        except OSError as exc:
+            raise _InputError(f"{label}: {exc.strerror or exc}") from None
+        finally:
+            if stream is not sys.stdin:
+                stream.close()
+    for pending in grouper.finish():
+        yield done(pending)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from .model import Severity
+    from .offline import finding_json
+
+    settings = _settings(args)
+    traces = spans = 0
+    anomalies: list[dict[str, Any]] = []
+    failed = False
+    try:
+        for view in _views(args, settings):
+            traces += 1
+            spans += view.spans
+            for finding in view.findings:
+                anomalies.append(finding_json(finding))
+                failed = failed or finding.severity == Severity.ERROR
+    except _InputError as exc:
+        print(f"otel-agent-state check: {exc}", file=sys.stderr)
+        return 2
+    report = {"traces": traces, "spans": spans, "anomalies": anomalies}
+    json.dump(report, sys.stdout, indent=args.indent)
+    sys.stdout.write("\n")
+    return 1 if failed else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .model import Severity
+    from .report import render
+
+    settings = _settings(args)
+    kept: list[TraceView] = []
+    quiet: list[TraceView] = []
+    traces = 0
+    failed = False
+    try:
+        for view in _views(args, settings):
+            traces += 1
+            failed = failed or any(f.severity == Severity.ERROR for f in view.findings)
+            if view.findings:
+                if len(kept) < args.max_traces:
+                    kept.append(view)
+            elif len(quiet) < args.max_traces and view.observations:
+                quiet.append(view)
+    except _InputError as exc:
+        print(f"otel-agent-state report: {exc}", file=sys.stderr)
+        return 2
+    shown = (kept + quiet)[: args.max_traces]
+    html = render(shown, total_traces=traces, sources=[str(f) for f in args.files])
+    try:
+        args.output.write_text(html, encoding="utf-8")
+    except OSError as exc:
+        print(f"otel-agent-state report: {args.output}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.output} ({len(shown)} of {traces} traces)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,16 +426,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        if args.command == "demo":
-            from .demo import run
-
-            run(sys.stdout, workdir=args.workdir, console=args.console, which=args.run)
-            return 0
+        return int(args.handler(args))
     except ConfigError as exc:
         print(f"otel-agent-state: configuration error: {exc}", file=sys.stderr)
         return 2
-    parser.error(f"unknown command {args.command!r}")
-    return 2  # pragma: no cover - parser.error exits
 
 
 if __name__ == "__main__":  # pragma: no cover

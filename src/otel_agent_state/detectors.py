@@ -3,14 +3,14 @@
 Each returns Anomaly values with the evidence (span ids) that proves them, and each is sound
 on the evidence alone: when the trace does not show a version to be older, it is not.
 Version order: `n:` and `t:` versions compare by value within a kind; otherwise the order
-comes from the trace's committed writes (Elle's inference for registers), and a version
-that no write in the trace produced is the initial state, older than every written one.
+is the partial order order.py infers from the trace (Elle's inference for registers: real-time
+order, writes-follow-reads, unique writes, initial state). Unknown order: no finding.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 from .config import Consistency
 from .history import Actor, History, Read, Write, actor_key
@@ -26,6 +26,7 @@ from .model import (
     Tier,
     Version,
 )
+from .order import VersionOrder
 
 ConsistencyOf = Callable[[str], Consistency]
 
@@ -37,29 +38,11 @@ def _linearizable(_: str) -> Consistency:
 # ---------------------------------------------------------------- version order
 
 
-def _rank(version: Version, writes: list[Write]) -> int:
-    """Position of the newest write in `writes` that produced `version`; -1: initial state."""
-    for index in range(len(writes) - 1, -1, -1):
-        if writes[index].version.same_as(version):
-            return index
-    return -1
-
-
-def is_older(version: Version, than: Version, writes: list[Write]) -> bool:
-    """True only if the trace proves `version` older than `than` (writes in commit order)."""
-    if version.same_as(than):
-        return False
-    if version.orderable_with(than):
-        assert version.ordinal is not None and than.ordinal is not None
-        return version.ordinal < than.ordinal
-    mine, theirs = _rank(version, writes), _rank(than, writes)
-    if theirs < 0:
-        return False  # `than` is not a written version: no order to go by
-    return mine < theirs
-
-
-def _skew_ns(a: Observation, b: Observation, skew_ms: int) -> int:
-    return skew_ms * 1_000_000 if a.process != b.process else 0
+def is_older(version: Version, than: Version, writes: Sequence[Write]) -> bool:
+    """True only if `writes` prove `version` older than `than` (see order.py)."""
+    if version.orderable_with(than) or version.same_as(than):
+        return VersionOrder(()).is_older(version, than)
+    return VersionOrder(writes).is_older(version, than)
 
 
 def _ms(ns: int) -> float:
@@ -94,7 +77,7 @@ def detect_stale_reads(
         if model.kind == "eventual":
             continue
         if model.kind == "session":
-            anomaly = _session_violation(history, read, model)
+            anomaly = _session_violation(history, read, model, clock_skew_ms)
         else:
             anomaly = _realtime_violation(history, read, model, clock_skew_ms)
         if anomaly is not None:
@@ -106,35 +89,43 @@ def _realtime_violation(
     history: History, read: Read, model: Consistency, skew_ms: int
 ) -> Anomaly | None:
     writes = history.writes(read.fact)
-    committed = [w for w in writes if w.committed]
+    if not writes:
+        return None
     bound_ns = model.bound_ms * 1_000_000 if model.kind == "bounded" else 0
+    horizon = read.obs.start_ns - bound_ns
+    skew_ns = skew_ms * 1_000_000
+    process, own = read.obs.process, read.obs.span_id
     before = [
         w
-        for w in committed
+        for w in writes
         if w.commit_ns is not None
-        and w.commit_ns < read.obs.start_ns - bound_ns - _skew_ns(w.obs, read.obs, skew_ms)
-        and w.obs.span_id != read.obs.span_id
+        and w.commit_ns < horizon - (skew_ns if w.obs.process != process else 0)
+        and w.obs.span_id != own
     ]
     if not before:
         return None
     latest = before[-1]
     version = read.version
-    if version.same_as(latest.version):
-        return None
     if version.orderable_with(latest.version):
+        if version.same_as(latest.version):
+            return None
         if (version.ordinal or 0) > (latest.version.ordinal or 0):
             return None
-        missed = [w for w in before if is_older(version, w.version, before)]
+        missed = [
+            w
+            for w in before
+            if version.orderable_with(w.version)
+            and (version.ordinal or 0) < (w.version.ordinal or 0)
+        ]
     else:
-        # Equality-only versions: fine if some write not yet committed-before-R produced it
-        # (a concurrent write R may legitimately have seen), or it is R's own pending write.
-        later = [w for w in writes if w not in before and not w.rolled_back]
-        if any(w.version.same_as(version) for w in later):
-            return None
-        position = _rank(version, before)
-        missed = before[position + 1 :]
+        # Equality-only versions: stale only if every write that could have produced the
+        # version read (none: the initial state) provably precedes a write committed before
+        # R; a concurrent write, or R's own pending one, may legitimately be what it saw.
+        order = history.order(read.fact, skew_ms)
+        missed = [w for w in before if order.supersedes(w, version)]
     if not missed:
         return None
+    latest = max(missed, key=lambda w: w.commit_ns or 0)
     first = missed[0]
     assert first.commit_ns is not None and latest.commit_ns is not None
     lag_ms = _ms(read.obs.start_ns - first.commit_ns)
@@ -165,13 +156,17 @@ def _realtime_violation(
     )
 
 
-def _session_violation(history: History, read: Read, model: Consistency) -> Anomaly | None:
+def _session_violation(
+    history: History, read: Read, model: Consistency, skew_ms: int = 0
+) -> Anomaly | None:
     """Read-your-writes and monotonic reads for the reading agent (Terry et al. 1994)."""
     agent = read.obs.agent
     start = read.obs.start_ns
-    order = history.committed_writes(read.fact)
+    order = history.order(read.fact, skew_ms)
     bounds: list[tuple[Version, Observation, str]] = []
-    for write in order:  # a write counts once committed (SPEC §5): not failed, open, rolled back
+    for write in history.committed_writes(
+        read.fact
+    ):  # a write counts once committed (SPEC §5): not failed, open, rolled back
         if write.obs.agent == agent and write.commit_ns is not None and write.commit_ns <= start:
             bounds.append((write.version, write.obs, "its own write"))
     for earlier in history.reads(read.fact):
@@ -183,7 +178,7 @@ def _session_violation(history: History, read: Read, model: Consistency) -> Anom
         ):
             bounds.append((earlier.version, earlier.obs, "an earlier read"))
     for bound, source, what in bounds:
-        if not is_older(read.version, bound, order):
+        if not order.is_older(read.version, bound):
             continue
         return Anomaly(
             kind=AnomalyKind.STALE_READ,
@@ -262,7 +257,7 @@ def detect_divergent_views(
         views = _acted_on(history, fact)
         if len(views) < 2 or (focus is not None and not focus & views.keys()):
             continue
-        writes = history.committed_writes(fact)
+        order = history.order(fact)
         all_writes = history.writes(fact)
         keys = sorted(views)
         for i, key_a in enumerate(keys):
@@ -272,7 +267,7 @@ def detect_divergent_views(
                 a, b = history.actors[key_a], history.actors[key_b]
                 if a.agent == b.agent or not _overlap(a, b):
                     continue
-                anomaly = _divergence(fact, views[key_a], views[key_b], a, b, writes, all_writes)
+                anomaly = _divergence(fact, views[key_a], views[key_b], a, b, order, all_writes)
                 if anomaly is not None:
                     found.append(anomaly)
     return found
@@ -284,14 +279,14 @@ def _divergence(
     read_b: Read,
     a: Actor,
     b: Actor,
-    writes: list[Write],
+    order: VersionOrder,
     all_writes: list[Write],
 ) -> Anomaly | None:
     if read_a.version.same_as(read_b.version):
         return None
-    if is_older(read_a.version, read_b.version, writes):
+    if order.is_older(read_a.version, read_b.version):
         older, newer = read_a, read_b
-    elif is_older(read_b.version, read_a.version, writes):
+    elif order.is_older(read_b.version, read_a.version):
         older, newer = read_b, read_a
     else:
         older, newer = (

@@ -14,8 +14,10 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .model import Observation, Op, Scope, ScopeKind, Tier, TxnEnd, Version
+from .order import VersionOrder
 
 # Observations kept by span id per trace (for evidence look-ups); older ones are forgotten.
 MAX_OBSERVATIONS = 65_536
@@ -31,14 +33,20 @@ class Write:
     commit_ns: int | None  # None: not committed (open transaction, or rolled back)
     commit_span_id: str | None  # the COMMIT span for transactional writes
     rolled_back: bool = False
+    # The earliest moment the write can have taken effect: a transactional write becomes
+    # visible at its COMMIT, not when its statement ran (None: the statement's start).
+    effective_ns: int | None = None
 
     @property
     def committed(self) -> bool:
         return self.commit_ns is not None
 
+    @property
+    def start_ns(self) -> int:
+        return self.obs.start_ns if self.effective_ns is None else self.effective_ns
 
-@dataclass(frozen=True, slots=True)
-class Read:
+
+class Read(NamedTuple):  # made by the thousand per check: a tuple is cheapest
     fact: str
     version: Version
     obs: Observation
@@ -89,6 +97,8 @@ class History:
     actors: dict[str, Actor] = field(default_factory=dict)
     _facts: dict[str, _FactLog] = field(default_factory=dict)
     _writes_cache: dict[str, list[Write]] = field(default_factory=dict)
+    _order_cache: dict[tuple[str, int], VersionOrder] = field(default_factory=dict)
+    _reads_cache: dict[str, list[Read]] = field(default_factory=dict)
     _txn_facts: dict[str, set[str]] = field(default_factory=dict)
     _decision_inputs: dict[str, dict[str, None]] = field(default_factory=dict)
     _counted_decisions: set[str] = field(default_factory=set)
@@ -128,9 +138,14 @@ class History:
         self.observations.move_to_end(obs.span_id)
         while len(self.observations) > MAX_OBSERVATIONS:
             self.observations.popitem(last=False)
+        if self._order_cache:
+            self._order_cache.clear()
         for item in obs.reads:
             self._log(item.fact).reads.append(obs)
+            self._reads_cache.pop(item.fact, None)
             self._unacted_reads.setdefault(actor_key(obs), {})[item.fact] = None
+            if obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
+                self._writes_cache.pop(item.fact, None)
         for item in obs.writes:
             log = self._log(item.fact)
             if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op
@@ -191,6 +206,7 @@ class History:
 
     def add_txn_end(self, end: TxnEnd) -> None:
         self.txn_ends[end.txn_id] = end
+        self._order_cache.clear()
         for fact in self._txn_facts.get(end.txn_id, ()):
             self._writes_cache.pop(fact, None)
 
@@ -225,11 +241,23 @@ class History:
             for item in obs.writes:
                 if item.fact == fact:
                     out.append(self._write(fact, item.version, obs))
-        if any(w.obs.tier != Tier.CACHE for w in out):
+        # Read or written outside the cache: cache fills and invalidations are copies.
+        if any(w.obs.tier != Tier.CACHE for w in out) or any(
+            o.tier != Tier.CACHE for o in log.reads
+        ):
             out = [w for w in out if w.obs.tier != Tier.CACHE]
         out.sort(key=lambda w: (w.commit_ns is None, w.commit_ns or w.obs.end_ns))
         self._writes_cache[fact] = out
         return out
+
+    def order(self, fact: str, skew_ms: int = 0) -> VersionOrder:
+        """The version order of `fact`'s writes the trace proves (see order.py)."""
+        key = (fact, skew_ms)
+        cached = self._order_cache.get(key)
+        if cached is None:
+            cached = VersionOrder(self.writes(fact), self.reads(fact), skew_ms * 1_000_000)
+            self._order_cache[key] = cached
+        return cached
 
     def committed_writes(self, fact: str) -> list[Write]:
         return [w for w in self.writes(fact) if w.committed]
@@ -243,10 +271,17 @@ class History:
         if end is None:
             return Write(fact, version, obs, None, None)
         if end.outcome == "commit":
-            return Write(fact, version, obs, max(end.end_ns, obs.end_ns), end.span_id)
+            commit_ns = max(end.end_ns, obs.end_ns)
+            begun = end.start_ns if end.start_ns is not None else end.end_ns
+            effective = min(max(begun, obs.start_ns), commit_ns)
+            return Write(fact, version, obs, commit_ns, end.span_id, effective_ns=effective)
         return Write(fact, version, obs, None, None, rolled_back=True)
 
     def reads(self, fact: str) -> list[Read]:
+        """Every read of `fact`, in the order the reads ended. Callers must not change it."""
+        cached = self._reads_cache.get(fact)
+        if cached is not None:
+            return cached
         log = self._facts.get(fact)
         if log is None:
             return []
@@ -257,6 +292,7 @@ class History:
             if item.fact == fact
         ]
         out.sort(key=lambda r: r.obs.end_ns)
+        self._reads_cache[fact] = out
         return out
 
     def all_reads(self) -> Iterator[Read]:

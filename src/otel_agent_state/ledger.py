@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from .config import Consistency
@@ -28,7 +28,7 @@ from .detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from .history import History, actor_key, decision_actor_key, is_act
+from .history import History, Write, actor_key, decision_actor_key, is_act
 from .model import Anomaly, AnomalyKind, Observation, Scope, ScopeKind, Severity, TxnEnd
 
 
@@ -213,6 +213,33 @@ class Ledger:
         with self._lock:
             state = self._traces.get(trace_id)
             return [] if state is None else state.history.decision_inputs(decision_span_id)
+
+    def latest_commits(self, trace_id: str, limit: int) -> list[Write]:
+        """The latest committed write of each fact of the trace, most recent commit first
+        (at most `limit`): the frontier the propagator sends downstream."""
+        with self._lock:
+            state = self._traces.get(trace_id)
+            if state is None or limit <= 0:
+                return []
+            latest: list[Write] = []
+            for fact in state.history.facts():
+                committed = state.history.committed_writes(fact)
+                if committed:
+                    latest.append(committed[-1])
+        latest.sort(key=lambda w: w.commit_ns or 0, reverse=True)
+        return latest[:limit]
+
+    def seed_writes(self, writes: Sequence[Observation]) -> list[Anomaly]:
+        """Committed writes made elsewhere (another process, told by the propagator) that the
+        trace's reads here must respect; a write whose span is already known is skipped."""
+        out: list[Anomaly] = []
+        with self._lock:
+            for obs in writes:
+                state = self._state(obs.trace_id, out)
+                if obs.span_id in state.history.observations:
+                    continue
+                state.history.add_observation(self._bounded(state, obs))
+        return out
 
     def close_trace(self, trace_id: str) -> list[Anomaly]:
         with self._lock:

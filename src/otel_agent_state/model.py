@@ -198,6 +198,7 @@ class TxnEnd:
     outcome: Literal["commit", "rollback"]
     end_ns: int
     agent: str = ""
+    start_ns: int | None = None  # when the COMMIT/ROLLBACK began (None: unknown)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,31 +22,25 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from . import adapter, runtime
 from . import attributes as A
-from . import runtime
+from .adapter import FRAMEWORK_AGENT_HINTS as _FRAMEWORK_AGENT_HINTS
+from .adapter import anomaly_attributes
 from .config import Settings, get_settings
 from .errors import StaleReadError
+from .history import Write
 from .ledger import Ledger, LedgerLimits
 from .model import (
     Anomaly,
     AnomalyKind,
-    FactVersion,
     Observation,
-    Op,
     Scope,
     ScopeKind,
-    Tier,
     TxnEnd,
-    VersionError,
-    parse_version,
 )
 
 _log = logging.getLogger(__name__)
 
-# Spans that open an agent scope when they carry gen_ai.agent.* (GenAI conventions).
-_AGENT_OPERATIONS = ("invoke_agent", "create_agent")
-# LangGraph and similar frameworks name the node that runs; a hint when nothing else does.
-_FRAMEWORK_AGENT_HINTS = ("langgraph.node", "graph.node.name")
 _MAX_OPEN_SPANS = 200_000
 _SWEEP_EVERY_S = 1.0
 
@@ -279,7 +273,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         elif scope_kind == ScopeKind.MUTATION:
             mutation = span_id
         if agent is None:
-            agent = next(filter(None, (_str(attrs, k) for k in _FRAMEWORK_AGENT_HINTS)), None)
+            agent = adapter.framework_agent(attrs)
         ctx = _Ctx(
             trace_id=trace_id,
             agent=agent,
@@ -304,23 +298,8 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                 self._ledger.add_scope(self._scope(span, ctx, scope_kind, agent, end_ns=None))
             )
 
-    @staticmethod
-    def _scope_kind(attrs: Mapping[str, Any]) -> ScopeKind | None:
-        declared = _str(attrs, A.SCOPE)
-        if declared in ("agent", "decision", "mutation", "workflow"):
-            return ScopeKind(declared)
-        operation = _str(attrs, A.GEN_AI_OPERATION_NAME)
-        if operation in _AGENT_OPERATIONS and (
-            A.GEN_AI_AGENT_NAME in attrs or A.GEN_AI_AGENT_ID in attrs
-        ):
-            return ScopeKind.AGENT
-        if operation is None and A.STORE not in attrs and A.GEN_AI_AGENT_NAME in attrs:
-            return ScopeKind.AGENT
-        return None
-
-    @staticmethod
-    def _agent_name(attrs: Mapping[str, Any]) -> str | None:
-        return _str(attrs, A.GEN_AI_AGENT_NAME) or _str(attrs, A.GEN_AI_AGENT_ID)
+    _scope_kind = staticmethod(adapter.scope_kind)
+    _agent_name = staticmethod(adapter.agent_name)
 
     @staticmethod
     def _service(span: ReadableSpan) -> str:
@@ -345,13 +324,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         end_ns: int | None,
         failed: bool = False,
     ) -> Scope:
-        attrs = _plain(span)
-        name = (
-            _str(attrs, A.MUTATION_NAME)
-            or _str(attrs, A.DECISION_INTENT)
-            or self._agent_name(attrs)
-            or span.name
-        )
+        name = adapter.scope_name(_plain(span), span.name)
         parent_agent = ctx.agent_scope if kind != ScopeKind.AGENT else None
         return Scope(
             span_id=_hex_span(_context(span).span_id),
@@ -391,9 +364,9 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             if obs is not None:
                 self._count(obs)
                 found.extend(self._ledger.add_observation(obs))
-        outcome = _str(attrs, A.TXN_OUTCOME)
-        txn_id = _str(attrs, A.TXN_ID)
-        if outcome in ("commit", "rollback") and txn_id:
+        ended_txn = adapter.txn_outcome(attrs) if A.TXN_OUTCOME in attrs else None
+        if ended_txn is not None:
+            txn_id, outcome = ended_txn
             found.extend(
                 self._ledger.add_txn_end(
                     TxnEnd(
@@ -403,6 +376,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                         outcome=outcome,  # type: ignore[arg-type]
                         end_ns=span.end_time or 0,
                         agent=ctx.agent or "",
+                        start_ns=span.start_time,
                     )
                 )
             )
@@ -432,12 +406,11 @@ class StateCoherenceSpanProcessor(SpanProcessor):
 
     def _ended_scope(self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None) -> Scope:
         assert ctx.scope_kind is not None
-        attrs = _plain(span)
-        failed = span.status.status_code == StatusCode.ERROR or any(
-            event.name == "exception" for event in span.events
+        failed = adapter.scope_failed(
+            _plain(span),
+            span.status.status_code == StatusCode.ERROR,
+            any(event.name == "exception" for event in span.events),
         )
-        if _str(attrs, A.MUTATION_OUTCOME) == "rollback":
-            failed = True
         return self._scope(
             span,
             ctx,
@@ -467,38 +440,18 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None
     ) -> Observation | None:
         attrs = _plain(span)
-        try:
-            op = Op(_str(attrs, A.OP) or "")
-        except ValueError:
-            _log.debug("span %s has an unknown %s", span.name, A.OP)
-            return None
-        try:
-            tier = Tier(_str(attrs, A.TIER) or "primary")
-        except ValueError:
-            tier = Tier.PRIMARY
-        reads = _pairs(attrs.get(A.READ_FACTS), attrs.get(A.READ_VERSIONS))
-        writes = _pairs(attrs.get(A.WRITE_FACTS), attrs.get(A.WRITE_VERSIONS))
-        committed = attrs.get(A.COMMITTED)
-        failed = span.status.status_code == StatusCode.ERROR if end_ns is None else False
-        agent = ctx.agent or _str(attrs, A.GEN_AI_AGENT_NAME) or self._service(span)
-        return Observation(
+        return adapter.observation(
+            attrs,
             span_id=_hex_span(_context(span).span_id),
             trace_id=ctx.trace_id,
-            agent=agent,
-            op=op,
+            agent=ctx.agent or _str(attrs, A.GEN_AI_AGENT_NAME) or self._service(span),
             start_ns=span.start_time or 0,
             end_ns=end_ns if end_ns is not None else span.end_time or 0,
-            reads=reads,
-            writes=writes,
-            store=_str(attrs, A.STORE) or "unknown",
-            tier=tier,
+            failed=span.status.status_code == StatusCode.ERROR if end_ns is None else False,
+            process=self._process(span),
             agent_scope=ctx.agent_scope,
             decision=ctx.decision,
             mutation=ctx.mutation,
-            txn_id=_str(attrs, A.TXN_ID),
-            committed=committed if isinstance(committed, bool) else True,
-            failed=failed,
-            process=self._process(span),
         )
 
     def _count(self, obs: Observation) -> None:
@@ -548,6 +501,17 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         agent = ctx.agent if ctx is not None else None
         span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
 
+    def enclosing_agent(self, span: Any) -> tuple[str, str | None] | None:
+        """The agent of the open `span` (as its plain children inherit it) and the span id of
+        its agent scope; None if this processor does not track `span` or no agent is known."""
+        if not isinstance(span, Span):
+            return None
+        with self._lock:
+            ctx = self._open.get(_context(span).span_id)
+        if ctx is None or ctx.agent is None:
+            return None
+        return ctx.agent, ctx.agent_scope
+
     def guard_read(self, span: Any) -> None:
         """Raise mode: check the read on the still-open `span` before its value is returned."""
         if self.settings.on_anomaly != "raise" or not isinstance(span, Span):
@@ -567,6 +531,19 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             return
         self._emit(found)
         raise StaleReadError(found[0])
+
+    # ------------------------------------------------------------------ propagation
+
+    def frontier(self, trace_id: str, limit: int) -> list[Write]:
+        """The trace's latest committed write of each fact, most recent first (propagator)."""
+        return self._ledger.latest_commits(trace_id, limit)
+
+    def seed_frontier(self, writes: Sequence[Observation]) -> None:
+        """Committed writes an upstream process made in this trace (propagator extract)."""
+        try:
+            self._emit(self._ledger.seed_writes(writes))
+        except Exception:
+            _log.debug("seeding the frontier failed", exc_info=True)
 
     # ------------------------------------------------------------------ reporting
 
@@ -656,39 +633,19 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                 if (
                     _hex_trace(context.trace_id) == anomaly.trace_id
                     and candidate.is_recording()
-                    and candidate.parent is None
+                    and (candidate.parent is None or candidate.parent.is_remote)
                 ):
                     return candidate
         return None
 
 
-def _pairs(facts: object, versions: object) -> tuple[FactVersion, ...]:
-    if not isinstance(facts, Sequence) or not isinstance(versions, Sequence):
-        return ()
-    if isinstance(facts, str) or isinstance(versions, str):
-        return ()
-    out = []
-    for fact, version in zip(facts, versions, strict=False):
-        if not isinstance(fact, str) or not isinstance(version, str):
-            continue
-        try:
-            out.append(FactVersion(fact, parse_version(version)))
-        except VersionError:
-            _log.debug("ignoring bad version %r of %s", version, fact)
-    return tuple(out)
+def active_processors() -> list[StateCoherenceSpanProcessor]:
+    """The coherence processors of this process that are running (not shut down)."""
+    return [
+        hooks
+        for hooks in tuple(runtime._registered)
+        if isinstance(hooks, StateCoherenceSpanProcessor) and not hooks._shutdown
+    ]
 
 
-def anomaly_attributes(anomaly: Anomaly) -> dict[str, Any]:
-    """The SPEC §4 attributes shared by the anomaly span and the span event."""
-    attrs: dict[str, Any] = {
-        A.ANOMALY_KIND: anomaly.kind.value,
-        A.ANOMALY_FACT: anomaly.fact,
-        A.ANOMALY_OBSERVED: anomaly.observed_version,
-        A.ANOMALY_EXPECTED: anomaly.expected_version,
-        A.ANOMALY_AGENTS: list(anomaly.agents),
-        A.ANOMALY_SEVERITY: anomaly.severity.value,
-        A.ANOMALY_SUMMARY: anomaly.summary,
-    }
-    if anomaly.lag_ms is not None:
-        attrs[A.ANOMALY_LAG_MS] = anomaly.lag_ms
-    return attrs
+__all__ = ["StateCoherenceSpanProcessor", "active_processors", "anomaly_attributes"]

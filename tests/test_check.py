@@ -1,0 +1,505 @@
+"""`otel-agent-state check`: real SDK spans written by real exporters, read back and judged
+offline; the findings must be the live processor's (same kind, fact, versions, span ids)."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+
+from otel_agent_state import api, config, offline
+from otel_agent_state import attributes as A
+from otel_agent_state.cli import main
+from otel_agent_state.processor import StateCoherenceSpanProcessor
+from tests.otlp_json import WRITERS, otlp_request, write_collector_lines
+from tests.scenarios import Env, Scenario, all_scenarios, new_schema, run_scenario
+
+SCENARIOS = (
+    "sqlite/stale_cache_not_invalidated",
+    "sqlite/stale_cache_read_without_acting",
+    "sqlite/cache_invalidated_after_write",
+    "sqlite/replica_lag",
+    "sqlite/replica_caught_up",
+    "sqlite/session_read_your_writes_violated",
+    "sqlite/divergent_view_concurrent_deciders",
+    "sqlite/concurrent_deciders_same_version",
+    "sqlite/lost_update_concurrent_agents",
+    "sqlite/sequential_read_modify_write",
+    "sqlite/half_applied_transfer_autocommit",
+    "sqlite/failed_transfer_rolled_back",
+    "sqlite/mutation_scope_fails",
+    "sqlite/mutation_scope_compensated",
+)
+
+Key = tuple[str, str, str, str, str, str]
+
+
+def _settings_of(s: Scenario) -> config.Settings:
+    """The settings the scenario ran with (its rules and consistency model)."""
+    config.set_settings(config.Settings())
+    try:
+        api.configure(rules=list(s.rules), **dict(s.settings))
+        return config.get_settings()
+    finally:
+        config.set_settings(None)
+
+
+def _live(spans: tuple[ReadableSpan, ...]) -> list[Key]:
+    out = []
+    for span in spans:
+        if not span.name.startswith(A.ANOMALY_SPAN_PREFIX):
+            continue
+        attrs = span.attributes or {}
+        assert span.parent is not None
+        out.append(
+            (
+                str(attrs[A.ANOMALY_KIND]),
+                str(attrs[A.ANOMALY_FACT]),
+                str(attrs[A.ANOMALY_OBSERVED]),
+                str(attrs[A.ANOMALY_EXPECTED]),
+                format(span.parent.span_id, "016x"),
+                str(attrs[A.ANOMALY_SEVERITY]),
+            )
+        )
+    return sorted(out)
+
+
+def _offline(report: dict[str, Any]) -> list[Key]:
+    return sorted(
+        (
+            a["kind"],
+            a["fact"],
+            a["observed_version"],
+            a["expected_version"],
+            a["span_id"],
+            a["severity"],
+        )
+        for a in report["anomalies"]
+    )
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Scenario, Any]]:
+    wanted = {s.name: s for s in all_scenarios() if s.name in SCENARIOS}
+    assert set(wanted) == set(SCENARIOS)
+    out = {}
+    for name, s in wanted.items():
+        out[name] = (s, run_scenario(s, Env(tmp_path_factory.mktemp("scenario"))))
+    return out
+
+
+def _check(
+    capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[int, dict[str, Any] | None, str]:
+    code = main(["check", *args])
+    captured = capsys.readouterr()
+    report = json.loads(captured.out) if captured.out.strip() else None
+    return code, report, captured.err
+
+
+@pytest.fixture
+def scenario_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield
+    config.set_settings(None)
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_check_finds_what_the_live_processor_found(
+    name: str,
+    fmt: str,
+    runs: dict[str, tuple[Scenario, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    scenario_settings: None,
+) -> None:
+    s, outcome = runs[name]
+    live = _live(outcome.spans)
+    assert sorted(k[0] for k in live) == sorted(
+        kind for kind, count in s.expect.items() for _ in range(count)
+    )
+    path = WRITERS[fmt](list(outcome.spans), tmp_path / f"spans.{fmt}")
+    config.set_settings(_settings_of(s))
+    code, report, err = _check(capsys, str(path))
+    assert report is not None, err
+    assert _offline(report) == live
+    traces = {span.context.trace_id for span in outcome.spans}
+    assert report["traces"] == len(traces)
+    assert report["spans"] == len(outcome.spans)
+    assert code == (1 if any(k[5] == "error" for k in live) else 0)
+    for anomaly in report["anomalies"]:
+        assert set(anomaly) >= {
+            "kind",
+            "trace_id",
+            "span_id",
+            "fact",
+            "observed_version",
+            "expected_version",
+            "agents",
+            "evidence_span_ids",
+            "summary",
+        }
+        assert anomaly["evidence_span_ids"] and anomaly["agents"] and anomaly["summary"]
+
+
+def test_evidence_and_attributes_match_the_live_anomaly_span(
+    runs: dict[str, tuple[Scenario, Any]], scenario_settings: None
+) -> None:
+    s, outcome = runs["sqlite/stale_cache_not_invalidated"]
+    [live] = [span for span in outcome.spans if span.name.startswith(A.ANOMALY_SPAN_PREFIX)]
+    assert live.attributes is not None
+    records = list(offline.spans_from_otlp_json(otlp_request(list(outcome.spans))))
+    [finding] = offline.check_trace(records, _settings_of(s))
+    expected = {k: list(v) if isinstance(v, tuple) else v for k, v in live.attributes.items()}
+    assert offline.finding_attributes(finding) == expected
+    assert list(finding.evidence_span_ids) == [
+        format(link.context.span_id, "016x") for link in live.links
+    ]
+
+
+# ---------------------------------------------------------------- inputs and exit codes
+
+
+def test_stdin(
+    runs: dict[str, tuple[Scenario, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    path = WRITERS["console"](list(outcome.spans), tmp_path / "console.json")
+    monkeypatch.setattr("sys.stdin", io.StringIO(path.read_text()))
+    code, report, _ = _check(capsys, "-")
+    assert code == 1 and report is not None
+    assert [a["kind"] for a in report["anomalies"]] == ["stale_read"]
+
+
+def test_corrupt_line_stops_with_file_and_line(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    path = write_collector_lines(list(outcome.spans), tmp_path / "lines.jsonl")
+    lines = path.read_text().splitlines()
+    lines.insert(2, '{"resourceSpans": [ truncated')
+    path.write_text("\n".join(lines) + "\n")
+    code, report, err = _check(capsys, str(path))
+    assert code == 2 and report is None
+    assert err.startswith(f"otel-agent-state check: {path}:3: not JSON")
+    # --skip-bad: warned about, skipped, and the rest is judged.
+    code, report, err = _check(capsys, "--skip-bad", str(path))
+    assert f"{path}:3: not JSON" in err and "(skipped)" in err
+    assert code == 1 and report is not None
+    assert [a["kind"] for a in report["anomalies"]] == ["stale_read"]
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "reason"),
+    [
+        ('{"resourceSpans": 5}\n', 1, "resourceSpans is not a list"),
+        ('{"hello": "world"}\n', 1, "neither an OTLP ExportTraceServiceRequest"),
+        ("\n\n[1, 2]\n", 3, "expected a JSON object, got int"),
+        (
+            '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "x"}]}]}]}',
+            1,
+            "bad trace id 'zz'",
+        ),
+        (
+            '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": [1], "spanId": "x"}]}]}]}',
+            1,
+            "malformed span",
+        ),
+        ('{"resourceSpans": [{"scopeSpans": [{"spans": 7}]}]}', 1, "malformed span"),
+        ('{\n  "name": "a",\n  "context": {\n    "trace_id": 1\n  ', 5, "not JSON"),
+        ('{\n  "name": "a",\n  "context": {}\n}\n', 1, "console span without trace_id"),
+    ],
+)
+def test_unreadable_inputs_name_file_line_and_reason(
+    content: str, line: int, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    code, report, err = _check(capsys, str(path))
+    assert code == 2 and report is None
+    assert err.startswith(f"otel-agent-state check: {path}:{line}: {reason}"), err
+
+
+def test_missing_file_and_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _check(capsys, str(tmp_path / "nope.jsonl"))
+    assert code == 2 and "nope.jsonl: No such file or directory" in err
+    binary = tmp_path / "binary.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00garbage\n")
+    code, _, err = _check(capsys, str(binary))
+    assert code == 2 and f"{binary}:1: not UTF-8 text" in err
+
+
+def test_empty_input_is_a_clean_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    code, report, _ = _check(capsys, str(path))
+    assert (code, report) == (0, {"traces": 0, "spans": 0, "anomalies": []})
+
+
+def test_max_spans_judges_the_oldest_traces_early_with_a_warning(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spans: list[ReadableSpan] = []
+    for name in ("sqlite/replica_lag", "sqlite/stale_cache_not_invalidated"):
+        spans.extend(runs[name][1].spans)
+    path = write_collector_lines(spans, tmp_path / "two.jsonl", batch=1)
+    code, report, err = _check(capsys, "--max-spans", "3", str(path))
+    assert "judging the oldest traces early" in err
+    assert code == 1 and report is not None
+    assert report["spans"] == len(spans)
+    # Judged on partial traces, the stale reads may be missed, never invented.
+    assert {a["kind"] for a in report["anomalies"]} <= {"stale_read"}
+
+
+def test_help_teaches(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["check", "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    for needle in ("examples:", "Collector file exporter", "console exporter", "Exit status"):
+        assert needle in text
+
+
+def test_serve_without_its_module_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("otel_agent_state.serve") is not None:
+        with pytest.raises(SystemExit) as done:
+            main(["serve", "--help"])
+        assert done.value.code == 0
+        return
+    assert main(["serve"]) == 2
+    assert "serve is not available" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def test_any_value_decoding_and_base64_ids() -> None:
+    doc = {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]
+                },
+                "scopeSpans": [
+                    {
+                        "scope": {"name": "s"},
+                        "spans": [
+                            {
+                                "traceId": "AAAAAAAAAAAAAAAAAAAAAQ==",
+                                "spanId": "AAAAAAAAAAI=",
+                                "parentSpanId": "",
+                                "name": "op",
+                                "startTimeUnixNano": "1000",
+                                "endTimeUnixNano": 2000,
+                                "status": {"code": "STATUS_CODE_ERROR"},
+                                "attributes": [
+                                    {"key": "i", "value": {"intValue": "42"}},
+                                    {"key": "d", "value": {"doubleValue": 1.5}},
+                                    {"key": "b", "value": {"boolValue": True}},
+                                    {
+                                        "key": "a",
+                                        "value": {
+                                            "arrayValue": {
+                                                "values": [
+                                                    {"stringValue": "x"},
+                                                    {"stringValue": "y"},
+                                                ]
+                                            }
+                                        },
+                                    },
+                                    {"key": "empty", "value": {"arrayValue": {}}},
+                                    {
+                                        "key": "kv",
+                                        "value": {
+                                            "kvlistValue": {
+                                                "values": [{"key": "k", "value": {"intValue": "1"}}]
+                                            }
+                                        },
+                                    },
+                                ],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
+    [span] = offline.spans_from_otlp_json(doc)
+    assert span.trace_id == "0" * 31 + "1" and span.span_id == "0" * 15 + "2"
+    assert span.parent_span_id is None and span.error
+    assert (span.start_ns, span.end_ns, span.scope_name) == (1000, 2000, "s")
+    assert dict(span.attributes) == {
+        "i": 42,
+        "d": 1.5,
+        "b": True,
+        "a": ["x", "y"],
+        "empty": [],
+        "kv": {"k": 1},
+    }
+    assert span.resource == {"service.name": "svc"}
+
+
+def test_concatenated_documents_across_buffer_refills(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offline, "_CHUNK", 7)
+    docs = [{"n": i, "pad": "x" * (i * 13)} for i in range(40)]
+    text = "".join(json.dumps(d, indent=2) + "\n" for d in docs)
+    values = list(offline.json_values(io.StringIO(text)))
+    assert [v for _, v in values] == docs
+    lines = [line for line, _ in values]
+    expected, at = [], 1
+    for d in docs:
+        expected.append(at)
+        at += json.dumps(d, indent=2).count("\n") + 1
+    assert lines == expected
+
+
+# ---------------------------------------------------------------- across processes
+
+
+def _process(name: str) -> tuple[TracerProvider, InMemorySpanExporter]:
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": name, "service.instance.id": f"{name}-1"})
+    )
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(StateCoherenceSpanProcessor(tracer_provider=provider))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider, exporter
+
+
+def test_a_trace_split_across_two_processes_files_is_judged_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The planner writes the score; the scorer service, called over the wire, reads it
+    from its cache right after: each process alone saw nothing wrong."""
+    planner, planner_spans = _process("planner")
+    scorer, scorer_spans = _process("scorer")
+    fact = "credit_score/42"
+    with planner.get_tracer("t").start_as_current_span(
+        "invoke_agent planner",
+        attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "planner"},
+    ) as root:
+        with planner.get_tracer("t").start_as_current_span(
+            "UPDATE credit_scores",
+            attributes={
+                A.OP: "write",
+                A.STORE: "postgresql",
+                A.WRITE_FACTS: [fact],
+                A.WRITE_VERSIONS: ["n:2"],
+            },
+        ):
+            pass
+        with planner.get_tracer("t").start_as_current_span("POST /assess") as client:
+            remote = SpanContext(
+                root.get_span_context().trace_id,
+                client.get_span_context().span_id,
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+            context = set_span_in_context(NonRecordingSpan(remote))
+            tracer = scorer.get_tracer("t")
+            with tracer.start_as_current_span(
+                "invoke_agent risk",
+                context=context,
+                attributes={"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "risk"},
+            ):
+                with tracer.start_as_current_span(
+                    "GET credit_score:42",
+                    attributes={
+                        A.OP: "read",
+                        A.STORE: "redis",
+                        A.TIER: "cache",
+                        A.READ_FACTS: [fact],
+                        A.READ_VERSIONS: ["n:1"],
+                    },
+                ):
+                    pass
+                with tracer.start_as_current_span(
+                    "approve", attributes={A.SCOPE: "decision", A.DECISION_INTENT: "approve"}
+                ):
+                    pass
+    planner.shutdown()
+    scorer.shutdown()
+    one = planner_spans.get_finished_spans()
+    two = scorer_spans.get_finished_spans()
+    assert not [s for s in (*one, *two) if s.name.startswith(A.ANOMALY_SPAN_PREFIX)]
+    a = write_collector_lines(list(one), tmp_path / "planner.jsonl")
+    b = WRITERS["console"](list(two), tmp_path / "scorer.json")
+    code, report, _ = _check(capsys, str(a), str(b))
+    assert report is not None and code == 1
+    assert report["traces"] == 1 and report["spans"] == len(one) + len(two)
+    [anomaly] = report["anomalies"]
+    [read] = [s for s in two if s.name == "GET credit_score:42"]
+    [write] = [s for s in one if s.name == "UPDATE credit_scores"]
+    assert (anomaly["kind"], anomaly["observed_version"], anomaly["expected_version"]) == (
+        "stale_read",
+        "n:1",
+        "n:2",
+    )
+    assert anomaly["span_id"] == format(read.context.span_id, "016x")
+    assert anomaly["evidence_span_ids"] == [format(write.context.span_id, "016x")]
+    assert anomaly["agents"] == ["risk", "planner"] and anomaly["severity"] == "error"
+    # Either file alone holds no anomaly.
+    for path in (a, b):
+        code, report, _ = _check(capsys, str(path))
+        assert code == 0 and report is not None and report["anomalies"] == []
+
+
+# ---------------------------------------------------------------- the whole corpus
+
+
+@pytest.fixture
+def corpus_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
+    s: Scenario = request.param
+    e = Env(tmp=tmp_path)
+    if "redis" in s.stores:
+        e.redis_url = request.getfixturevalue("redis_url")
+    if "postgres" in s.stores:
+        import psycopg
+
+        e.postgres_dsn = request.getfixturevalue("postgres_dsn")
+        e.schema = new_schema()
+        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA {e.schema}")
+    yield e
+    if e.schema:
+        import psycopg
+
+        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {e.schema} CASCADE")
+
+
+@pytest.mark.parametrize(
+    "corpus_env", [pytest.param(s, id=s.name) for s in all_scenarios()], indirect=True
+)
+def test_check_agrees_with_the_live_processor_on_every_corpus_scenario(
+    corpus_env: Env,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    scenario_settings: None,
+) -> None:
+    """Whatever the live processor reported (right or wrong: the corpus labels are checked
+    by test_scenarios), `check` on the exported spans reports the same."""
+    s: Scenario = request.node.callspec.params["corpus_env"]
+    outcome = run_scenario(s, corpus_env)
+    path = write_collector_lines(list(outcome.spans), tmp_path / "spans.jsonl")
+    config.set_settings(_settings_of(s))
+    code, report, err = _check(capsys, str(path))
+    assert report is not None, err
+    live = _live(outcome.spans)
+    assert _offline(report) == live
+    assert code == (1 if any(k[5] == "error" for k in live) else 0)
