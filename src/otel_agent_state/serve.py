@@ -1,0 +1,881 @@
+"""`otel-agent-state serve`: an OTLP/HTTP trace receiver that judges whole traces.
+
+Services export their spans here (protobuf or JSON, optionally gzip, on `/v1/traces`).
+Spans are grouped by trace; a trace is judged when no span of it arrived for
+`--trace-idle-ms`, with the same detectors as the live processor but over every process
+of the trace. Each finding is re-exported over OTLP as an anomaly span (SPEC §4: a child
+of the offending span in the same trace, linked to the evidence spans) and as metrics.
+
+Memory is bounded: at most `--max-traces` traces are held (the oldest is dropped, counted
+and logged) and at most `--max-spans-per-trace` spans of one trace (later spans of it are
+dropped and counted); only spans that carry state or agent attributes are kept whole, the
+others as a parent link. SIGTERM/SIGINT stop the server and judge every pending trace
+before the exporters flush.
+
+To scale out, run several replicas behind the OTel Collector's `loadbalancing` exporter
+keyed by trace ID, so each trace reaches one replica (docs/across-processes.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import FrameType
+from typing import Any
+
+from . import attributes as A
+from .offline import (
+    FormatError,
+    SpanEvent,
+    SpanLink,
+    SpanRecord,
+    finding_attributes,
+    finding_json,
+    is_interesting,
+    is_own_anomaly,
+    judge,
+    spans_from_otlp_json,
+)
+
+_log = logging.getLogger("otel_agent_state.serve")
+
+TRACES_PATH = "/v1/traces"
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+DEFAULT_PORT = 4318
+DEFAULT_IDLE_MS = 5_000
+DEFAULT_MAX_TRACES = 10_000
+DEFAULT_MAX_SPANS_PER_TRACE = 10_000
+DEFAULT_MAX_BODY = 64 << 20
+DEFAULT_RETAIN_MS = 60_000
+
+_DESCRIPTION = """\
+Receive OTLP/HTTP traces from every service of a multi-agent system, judge each whole
+trace across processes (stale reads, divergent views, orphaned mutations, lost updates)
+and re-export the anomalies over OTLP: spans named 'agentstate.anomaly <kind>' (children
+of the offending span, linked to the evidence) and the metrics agentstate.anomalies,
+agentstate.stale_read.lag and agentstate.observations.
+
+Point the services' exporters (or a collector) at it:
+
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://HOST:4318/v1/traces
+
+Accepts application/x-protobuf and application/json bodies, gzip or not, on /v1/traces.
+A trace is judged once no span of it arrived for --trace-idle-ms. Fact rules and the
+consistency model come from OTEL_AGENTSTATE_CONFIG / OTEL_AGENTSTATE_* as in the
+application; set OTEL_AGENTSTATE_CLOCK_SKEW_MS to the clock skew between your hosts.
+
+Scale out with several replicas behind the OTel Collector's loadbalancing exporter
+(routing_key: traceID): see collector-config/ and docs/across-processes.md.
+"""
+
+
+# ---------------------------------------------------------------------- decoding protobuf
+
+
+def _any_value(value: Any) -> Any:
+    """An OTLP protobuf AnyValue as a plain Python value."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def _key_values(items: Iterable[Any]) -> dict[str, Any]:
+    return {kv.key: _any_value(kv.value) for kv in items}
+
+
+def _id(raw: bytes, size: int, what: str) -> str:
+    if len(raw) != size or not any(raw):
+        raise FormatError(f"bad {what} id {raw.hex()!r}")
+    return raw.hex()
+
+
+def spans_from_protobuf(body: bytes) -> Iterator[SpanRecord]:
+    """Every span of one protobuf ExportTraceServiceRequest (ids are bytes there)."""
+    from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    request = ExportTraceServiceRequest()
+    try:
+        request.ParseFromString(body)
+    except DecodeError as exc:
+        raise FormatError(f"not a protobuf ExportTraceServiceRequest: {exc}") from None
+    for rs in request.resource_spans:
+        resource = _key_values(rs.resource.attributes)
+        for ss in rs.scope_spans:
+            scope_name = ss.scope.name
+            for span in ss.spans:
+                yield SpanRecord(
+                    trace_id=_id(span.trace_id, 16, "trace"),
+                    span_id=_id(span.span_id, 8, "span"),
+                    parent_span_id=(
+                        _id(span.parent_span_id, 8, "parent span")
+                        if any(span.parent_span_id)
+                        else None
+                    ),
+                    name=span.name,
+                    start_ns=span.start_time_unix_nano,
+                    end_ns=span.end_time_unix_nano,
+                    attributes=_key_values(span.attributes),
+                    resource=resource,
+                    error=span.status.code == 2,  # STATUS_CODE_ERROR
+                    events=tuple(
+                        SpanEvent(e.name, e.time_unix_nano, _key_values(e.attributes))
+                        for e in span.events
+                    ),
+                    links=tuple(
+                        SpanLink(
+                            _id(link.trace_id, 16, "link trace"),
+                            _id(link.span_id, 8, "link span"),
+                            _key_values(link.attributes),
+                        )
+                        for link in span.links
+                    ),
+                    scope_name=scope_name,
+                )
+
+
+def decode(body: bytes, content_type: str) -> list[SpanRecord]:
+    """Spans of one request body (already un-gzipped); FormatError when it is bad."""
+    if content_type == PROTOBUF:
+        return list(spans_from_protobuf(body))
+    try:
+        doc = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise FormatError("the JSON body is not an ExportTraceServiceRequest object")
+    try:
+        return list(spans_from_otlp_json(doc))
+    except (AttributeError, TypeError, KeyError) as exc:
+        raise FormatError(f"malformed ExportTraceServiceRequest: {exc!r}") from None
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise FormatError(f"bad gzip body: {exc}") from None
+    if len(out) > limit:
+        raise _TooLarge(f"the body inflates to more than {limit} bytes")
+    return out
+
+
+class _TooLarge(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------- grouping traces
+
+
+@dataclass
+class PendingTrace:
+    trace_id: str
+    touched: float
+    records: list[SpanRecord] = field(default_factory=list)
+    parents: dict[str, tuple[str | None, str]] = field(default_factory=dict)
+    spans: int = 0
+    # What earlier judgements of this trace already reported (a trace judged, then revived
+    # by late spans, is judged again whole; only new findings are reported).
+    reported: set[tuple[object, ...]] = field(default_factory=set)
+    counted: set[str] = field(default_factory=set)
+    # (kind, offending span id, fact) of anomaly spans already in the trace: found live by
+    # a process's own processor (or re-exported by us before); not reported twice.
+    known: set[tuple[str, str, str]] = field(default_factory=set)
+
+
+@dataclass
+class BufferStats:
+    traces: int = 0
+    spans: int = 0
+    dropped_traces: int = 0
+    dropped_spans: int = 0
+    judged_traces: int = 0
+    revived_traces: int = 0
+    anomalies: int = 0
+
+
+class TraceBuffer:
+    """Spans grouped by trace until the trace goes idle; thread-safe and bounded.
+
+    A judged trace is kept for `retain_ms` (at most `max_traces` of them): when spans of it
+    arrive late (a slow process, a batching exporter), it is revived and judged again whole.
+    """
+
+    def __init__(
+        self,
+        *,
+        idle_ms: int = DEFAULT_IDLE_MS,
+        max_traces: int = DEFAULT_MAX_TRACES,
+        max_spans_per_trace: int = DEFAULT_MAX_SPANS_PER_TRACE,
+        retain_ms: int = DEFAULT_RETAIN_MS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.idle_s = idle_ms / 1000
+        self.retain_s = retain_ms / 1000
+        self._judged: OrderedDict[str, PendingTrace] = OrderedDict()
+        self.max_traces = max(1, max_traces)
+        self.max_spans = max(1, max_spans_per_trace)
+        self._clock = clock
+        self._traces: OrderedDict[str, PendingTrace] = OrderedDict()
+        self._lock = threading.Lock()
+        self.stats = BufferStats()
+
+    def add(self, records: Iterable[SpanRecord]) -> int:
+        """Take spans; returns how many were rejected (their trace is over its limit)."""
+        rejected = 0
+        now = self._clock()
+        with self._lock:
+            for record in records:
+                pending = self._traces.get(record.trace_id)
+                if pending is None:
+                    pending = self._judged.pop(record.trace_id, None)
+                    if pending is not None:
+                        self.stats.revived_traces += 1
+                if pending is None or record.trace_id not in self._traces:
+                    while len(self._traces) >= self.max_traces:
+                        _, oldest = self._traces.popitem(last=False)
+                        self.stats.dropped_traces += 1
+                        _log.warning(
+                            "dropped trace %s (%d spans) unjudged: more than %d traces "
+                            "pending (--max-traces); %d dropped so far",
+                            oldest.trace_id,
+                            oldest.spans,
+                            self.max_traces,
+                            self.stats.dropped_traces,
+                        )
+                    if pending is None:
+                        pending = PendingTrace(record.trace_id, now)
+                    self._traces[record.trace_id] = pending
+                if pending.spans >= self.max_spans:
+                    rejected += 1
+                    self.stats.dropped_spans += 1
+                    if self.stats.dropped_spans == 1 or self.stats.dropped_spans % 1000 == 0:
+                        _log.warning(
+                            "dropped a span of trace %s: more than %d spans "
+                            "(--max-spans-per-trace); %d dropped so far",
+                            record.trace_id,
+                            self.max_spans,
+                            self.stats.dropped_spans,
+                        )
+                    continue
+                pending.touched = now
+                self._traces.move_to_end(record.trace_id)
+                pending.spans += 1
+                self.stats.spans += 1
+                pending.parents[record.span_id] = (record.parent_span_id, record.process)
+                if not is_interesting(record.attributes):
+                    continue
+                if is_own_anomaly(record.name, record.attributes, record.scope_name):
+                    kind = record.attributes.get(A.ANOMALY_KIND)
+                    fact = record.attributes.get(A.ANOMALY_FACT)
+                    if record.parent_span_id and isinstance(kind, str):
+                        pending.known.add((kind, record.parent_span_id, str(fact)))
+                else:
+                    pending.records.append(record)
+            self.stats.traces = len(self._traces)
+        return rejected
+
+    def take_idle(self) -> list[PendingTrace]:
+        """Traces no span of which arrived for the idle time, oldest first (kept as judged,
+        so late spans revive them)."""
+        now = self._clock()
+        deadline = now - self.idle_s
+        out = []
+        with self._lock:
+            while self._judged:
+                oldest = next(iter(self._judged.values()))
+                if oldest.touched > now - self.retain_s and len(self._judged) <= self.max_traces:
+                    break
+                self._judged.popitem(last=False)
+            while self._traces:
+                pending = next(iter(self._traces.values()))
+                if pending.touched > deadline:
+                    break
+                out.append(self._traces.popitem(last=False)[1])
+            for pending in out:
+                self._judged[pending.trace_id] = pending
+            self.stats.traces = len(self._traces)
+        return out
+
+    def take_all(self) -> list[PendingTrace]:
+        with self._lock:
+            out = list(self._traces.values())
+            self._traces.clear()
+            self._judged.clear()
+            self.stats.traces = 0
+        return out
+
+    def snapshot(
+        self, pending: PendingTrace
+    ) -> tuple[list[SpanRecord], dict[str, tuple[str | None, str]]]:
+        """A consistent copy of a trace's spans (late spans may be arriving meanwhile)."""
+        with self._lock:
+            return list(pending.records), dict(pending.parents)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._traces)
+
+
+# ---------------------------------------------------------------------- reporting
+
+
+class Reporter:
+    """Re-exports findings as anomaly spans and metrics through an OTel SDK pipeline."""
+
+    def __init__(
+        self,
+        endpoint: str | None,
+        *,
+        service_name: str = "otel-agent-state-serve",
+        metric_interval_ms: int = 10_000,
+        echo: bool = False,
+    ) -> None:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from .config import get_settings
+
+        self.settings = get_settings()
+        self.echo = echo
+        resource = Resource.create({"service.name": service_name})
+        self.tracer_provider = TracerProvider(resource=resource)
+        readers = []
+        if endpoint:
+            base = endpoint.rstrip("/")
+            self.tracer_provider.add_span_processor(
+                BatchSpanProcessor(
+                    OTLPSpanExporter(endpoint=f"{base}/v1/traces"), schedule_delay_millis=200
+                )
+            )
+            readers.append(
+                PeriodicExportingMetricReader(
+                    OTLPMetricExporter(endpoint=f"{base}/v1/metrics"),
+                    export_interval_millis=metric_interval_ms,
+                )
+            )
+        self.meter_provider = MeterProvider(resource=resource, metric_readers=readers)
+        self.tracer = self.tracer_provider.get_tracer(A.SCOPE_NAME)
+        meter = self.meter_provider.get_meter(A.SCOPE_NAME)
+        self.anomalies = meter.create_counter(
+            A.METRIC_ANOMALIES, unit="{anomaly}", description="State anomalies found"
+        )
+        self.lag = meter.create_histogram(
+            A.METRIC_STALE_LAG,
+            unit="ms",
+            description="How long a newer version had been committed when a stale read missed it",
+        )
+        self.observations = meter.create_counter(
+            A.METRIC_OBSERVATIONS, unit="{observation}", description="State observations"
+        )
+        self._lock = threading.Lock()
+
+    def judge(
+        self,
+        pending: PendingTrace,
+        records: list[SpanRecord],
+        parents: dict[str, tuple[str | None, str]],
+    ) -> int:
+        """Judge one trace and report what it shows that was not reported before; returns
+        the number of new findings. Calls for one trace must not overlap."""
+        if not records:
+            return 0
+        view = judge(pending.trace_id, records, parents, self.settings)
+        for obs in view.observations:
+            if obs.span_id in pending.counted:
+                continue
+            pending.counted.add(obs.span_id)
+            self.observations.add(
+                1, {"op": obs.op.value, "store": obs.store, "tier": obs.tier.value}
+            )
+        ends = {r.span_id: r.end_ns for r in records}
+        new = 0
+        for finding in view.findings:
+            key = finding.key or (finding.kind, finding.span_id, finding.fact)
+            if key in pending.reported:
+                continue
+            if (finding.kind.value, finding.span_id, finding.fact) in pending.known:
+                pending.reported.add(key)
+                continue
+            pending.reported.add(key)
+            new += 1
+            try:
+                self.report(finding, ends.get(finding.span_id))
+            except Exception:
+                _log.exception("reporting a %s finding failed", finding.kind.value)
+        return new
+
+    def report(self, finding: Any, at_ns: int | None) -> None:
+        from opentelemetry import trace
+        from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+
+        trace_id = int(finding.trace_id, 16)
+
+        def context(span_id: str) -> SpanContext:
+            return SpanContext(
+                trace_id=trace_id,
+                span_id=int(span_id, 16),
+                is_remote=True,
+                trace_flags=TraceFlags(TraceFlags.SAMPLED),
+            )
+
+        attributes = finding_attributes(finding)
+        start = at_ns if at_ns else time.time_ns()
+        span = self.tracer.start_span(
+            f"{A.ANOMALY_SPAN_PREFIX} {finding.kind.value}",
+            context=trace.set_span_in_context(trace.NonRecordingSpan(context(finding.span_id))),
+            kind=SpanKind.INTERNAL,
+            attributes=attributes,
+            links=[
+                Link(context(evidence), {"agentstate.evidence": True})
+                for evidence in finding.evidence_span_ids
+            ],
+            start_time=start,
+        )
+        if finding.severity.value == "error":
+            span.set_status(Status(StatusCode.ERROR, finding.summary))
+        span.end(end_time=start)
+        self.anomalies.add(
+            1,
+            {
+                "kind": finding.kind.value,
+                "store": finding.store,
+                "agent": finding.agents[0] if finding.agents else "unknown",
+                "fact_rule": finding.fact_rule or "unmatched",
+            },
+        )
+        if finding.kind.value == "stale_read" and finding.lag_ms is not None:
+            self.lag.record(
+                max(finding.lag_ms, 0.0),
+                {"store": finding.store, "fact_rule": finding.fact_rule or "unmatched"},
+            )
+        if self.echo:
+            with self._lock:
+                print(json.dumps(finding_json(finding)), flush=True)
+
+    def shutdown(self) -> None:
+        self.tracer_provider.shutdown()  # flushes the batch of anomaly spans
+        self.meter_provider.shutdown()  # exports the metrics one last time
+
+
+# ---------------------------------------------------------------------- the server
+
+
+class Receiver:
+    """The HTTP server, the idle sweeper and the reporter, with graceful shutdown."""
+
+    def __init__(
+        self,
+        buffer: TraceBuffer,
+        reporter: Reporter,
+        *,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        max_body: int = DEFAULT_MAX_BODY,
+    ) -> None:
+        self.buffer = buffer
+        self.reporter = reporter
+        self.max_body = max_body
+        self._stop = threading.Event()
+        self._stopped = threading.Event()
+        self._judge_lock = threading.Lock()
+        self.server = ThreadingHTTPServer((host, port), _handler(self))
+        self.server.daemon_threads = True
+        self._sweeper = threading.Thread(target=self._sweep, name="agentstate-sweep", daemon=True)
+        self._serving = threading.Thread(
+            target=self.server.serve_forever, name="agentstate-http", daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self.server.server_address[:2]
+        return f"http://{host!s}:{port}{TRACES_PATH}"
+
+    def start(self) -> None:
+        self._serving.start()
+        self._sweeper.start()
+
+    def _sweep(self) -> None:
+        interval = min(max(self.buffer.idle_s / 4, 0.05), 1.0)
+        while not self._stop.wait(interval):
+            self._judge(self.buffer.take_idle())
+
+    def _judge(self, traces: list[PendingTrace]) -> None:
+        with self._judge_lock:
+            for pending in traces:
+                try:
+                    records, parents = self.buffer.snapshot(pending)
+                    found = self.reporter.judge(pending, records, parents)
+                except Exception:
+                    _log.exception("judging trace %s failed", pending.trace_id)
+                    continue
+                self.buffer.stats.judged_traces += 1
+                self.buffer.stats.anomalies += found
+
+    def stop(self) -> None:
+        """Stop receiving, judge every pending trace, flush the exporters."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self._sweeper.join(timeout=10)
+        try:
+            self._judge(self.buffer.take_all())
+            self.reporter.shutdown()
+        finally:
+            self._stopped.set()
+
+    def wait(self) -> None:
+        """Until stop() has judged the pending traces and flushed the exporters."""
+        while not self._stopped.wait(0.5):
+            pass
+
+
+def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        server_version = "otel-agent-state"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            _log.debug("%s " + format, self.address_string(), *args)
+
+        def do_POST(self) -> None:
+            try:
+                self._post()
+            except Exception:
+                _log.exception("handling a request failed")
+                self._reply(500, "text/plain", b"internal error")
+
+        def do_GET(self) -> None:
+            self._drain()
+            if self.path.split("?")[0] == TRACES_PATH:
+                self._reply(405, "text/plain", b"POST OTLP traces here", allow="POST")
+            else:
+                self._reply(404, "text/plain", b"not found: POST to /v1/traces")
+
+        def _drain(self) -> int:
+            length = self.headers.get("Content-Length")
+            try:
+                size = int(length) if length else 0
+            except ValueError:
+                size = -1
+            if 0 < size <= receiver.max_body:
+                self.rfile.read(size)
+            elif size != 0:
+                self.close_connection = True
+            return size
+
+        def _post(self) -> None:
+            if self.path.split("?")[0] != TRACES_PATH:
+                self._drain()
+                self._reply(404, "text/plain", b"not found: POST to /v1/traces")
+                return
+            content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if content_type not in (PROTOBUF, JSON):
+                self._drain()
+                self._reply(
+                    415,
+                    "text/plain",
+                    b"unsupported Content-Type: use application/x-protobuf or application/json",
+                )
+                return
+            length = self.headers.get("Content-Length")
+            if length is None:
+                self.close_connection = True
+                self._error(content_type, 411, "Content-Length is required")
+                return
+            try:
+                size = int(length)
+            except ValueError:
+                self.close_connection = True
+                self._error(content_type, 400, "bad Content-Length")
+                return
+            if size < 0 or size > receiver.max_body:
+                self.close_connection = True
+                self._error(content_type, 413, f"body larger than {receiver.max_body} bytes")
+                return
+            body = self.rfile.read(size)
+            encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+            try:
+                if encoding == "gzip":
+                    body = _gunzip(body, receiver.max_body)
+                elif encoding not in ("identity", ""):
+                    raise FormatError(f"unsupported Content-Encoding {encoding!r}")
+                records = decode(body, content_type)
+            except _TooLarge as exc:
+                self._error(content_type, 413, str(exc))
+                return
+            except FormatError as exc:
+                self._error(content_type, 400, str(exc))
+                return
+            rejected = receiver.buffer.add(records)
+            self._ok(content_type, rejected)
+
+        def _ok(self, content_type: str, rejected: int) -> None:
+            from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+                ExportTraceServiceResponse,
+            )
+
+            response = ExportTraceServiceResponse()
+            if rejected:
+                response.partial_success.rejected_spans = rejected
+                response.partial_success.error_message = (
+                    f"{rejected} spans dropped: their trace is over --max-spans-per-trace"
+                )
+            if content_type == PROTOBUF:
+                self._reply(200, PROTOBUF, response.SerializeToString())
+            else:
+                doc: dict[str, Any] = {}
+                if rejected:
+                    doc["partialSuccess"] = {
+                        "rejectedSpans": str(rejected),
+                        "errorMessage": response.partial_success.error_message,
+                    }
+                self._reply(200, JSON, json.dumps(doc).encode())
+
+        def _error(self, content_type: str, code: int, message: str) -> None:
+            """A google.rpc.Status body, as OTLP/HTTP asks for failed requests."""
+            _log.info("rejected a request (%d): %s", code, message)
+            if content_type == PROTOBUF:
+                try:
+                    from google.rpc.status_pb2 import Status  # type: ignore[import-untyped]
+
+                    body = Status(code=3, message=message).SerializeToString()
+                    self._reply(code, PROTOBUF, body)
+                    return
+                except ImportError:  # pragma: no cover - ships with the OTLP exporter
+                    pass
+            self._reply(code, JSON, json.dumps({"code": 3, "message": message}).encode())
+
+        def _reply(self, code: int, content_type: str, body: bytes, **headers: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in headers.items():
+                self.send_header(name.capitalize(), value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+    return Handler
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `serve` options, on the subcommand's parser."""
+    parser.description = _DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=DEFAULT_PORT,
+        help=f"port to listen on, 0 = any free port (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--otlp-endpoint",
+        default=None,
+        metavar="URL",
+        help="OTLP/HTTP base URL to re-export anomaly spans and metrics to (/v1/traces and "
+        "/v1/metrics are appended); default: $OTEL_EXPORTER_OTLP_ENDPOINT. Required unless "
+        "--print is given",
+    )
+    parser.add_argument(
+        "--trace-idle-ms",
+        type=_positive,
+        default=DEFAULT_IDLE_MS,
+        metavar="MS",
+        help=f"judge a trace once no span of it arrived for this long (default: {DEFAULT_IDLE_MS})",
+    )
+    parser.add_argument(
+        "--trace-retain-ms",
+        type=_positive,
+        default=DEFAULT_RETAIN_MS,
+        metavar="MS",
+        help="keep a judged trace this long: spans of it arriving later revive it and it is "
+        f"judged again whole, reporting only new findings (default: {DEFAULT_RETAIN_MS})",
+    )
+    parser.add_argument(
+        "--max-traces",
+        type=_positive,
+        default=DEFAULT_MAX_TRACES,
+        metavar="N",
+        help="traces held at once; beyond it the oldest is dropped unjudged, counted and "
+        f"logged (default: {DEFAULT_MAX_TRACES})",
+    )
+    parser.add_argument(
+        "--max-spans-per-trace",
+        type=_positive,
+        default=DEFAULT_MAX_SPANS_PER_TRACE,
+        metavar="N",
+        help="spans held per trace; later spans of that trace are dropped, counted, logged "
+        f"and reported as rejected to the sender (default: {DEFAULT_MAX_SPANS_PER_TRACE})",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=_positive,
+        default=DEFAULT_MAX_BODY,
+        metavar="N",
+        help=f"largest request body, after gunzip (default: {DEFAULT_MAX_BODY})",
+    )
+    parser.add_argument(
+        "--service-name",
+        default="otel-agent-state-serve",
+        help="service.name of the re-exported telemetry (default: otel-agent-state-serve)",
+    )
+    parser.add_argument(
+        "--metric-interval-ms",
+        type=_positive,
+        default=10_000,
+        metavar="MS",
+        help="how often metrics are exported (default: 10000)",
+    )
+    parser.add_argument(
+        "--print",
+        dest="echo",
+        action="store_true",
+        help="also print each anomaly as one JSON line on stdout (the `check` report's form)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 2 on bad settings."""
+    from .config import ConfigError, get_settings
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="otel-agent-state serve: %(levelname)s %(message)s"
+        )
+    endpoint = args.otlp_endpoint or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or None
+    if not endpoint and not args.echo:
+        print(
+            "otel-agent-state serve: no --otlp-endpoint and no OTEL_EXPORTER_OTLP_ENDPOINT: "
+            "nowhere to send anomalies (or pass --print)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        get_settings()
+    except ConfigError as exc:
+        print(f"otel-agent-state serve: configuration error: {exc}", file=sys.stderr)
+        return 2
+    buffer = TraceBuffer(
+        idle_ms=args.trace_idle_ms,
+        max_traces=args.max_traces,
+        max_spans_per_trace=args.max_spans_per_trace,
+        retain_ms=args.trace_retain_ms,
+    )
+    reporter = Reporter(
+        endpoint,
+        service_name=args.service_name,
+        metric_interval_ms=args.metric_interval_ms,
+        echo=args.echo,
+    )
+    try:
+        receiver = Receiver(
+            buffer, reporter, host=args.host, port=args.port, max_body=args.max_body_bytes
+        )
+    except OSError as exc:
+        print(
+            f"otel-agent-state serve: cannot listen on {args.host}:{args.port}: {exc}",
+            file=sys.stderr,
+        )
+        reporter.shutdown()
+        return 2
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=receiver.stop, name="agentstate-stop").start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        receiver.start()
+        _log.info(
+            "listening on %s; re-exporting to %s", receiver.url, endpoint or "stdout (--print)"
+        )
+        receiver.wait()
+        _log.info(
+            "stopped: %d spans, %d traces judged, %d anomalies, %d traces and %d spans dropped",
+            buffer.stats.spans,
+            buffer.stats.judged_traces,
+            buffer.stats.anomalies,
+            buffer.stats.dropped_traces,
+            buffer.stats.dropped_spans,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="otel-agent-state serve")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+__all__ = [
+    "Receiver",
+    "Reporter",
+    "TraceBuffer",
+    "add_arguments",
+    "decode",
+    "main",
+    "run",
+    "spans_from_protobuf",
+]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helper programs and servers the cross-process tests start."""
