@@ -14,7 +14,12 @@ CLI = BIN / "otel-agent-state"
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "PYTHONPATH"))}
+    # AGENTSTATE_REDIS_URL / _POSTGRES_DSN would move the demo onto servers (test_demo_servers).
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OTEL_", "PYTHONPATH", "AGENTSTATE_"))
+    }
     env.update(extra)
     return env
 
@@ -93,6 +98,8 @@ def test_help_teaches() -> None:
     )
     assert result.returncode == 0
     assert "opentelemetry-instrument otel-agent-state demo" in result.stdout
+    assert "--redis-url URL" in result.stdout and "--postgres-dsn DSN" in result.stdout
+    assert "$AGENTSTATE_REDIS_URL" in result.stdout
     bare = subprocess.run([str(CLI)], capture_output=True, text=True, env=_env(), check=False)
     assert bare.returncode == 2
     assert "opentelemetry-instrument --service_name planner" in bare.stdout
