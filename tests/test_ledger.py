@@ -309,7 +309,9 @@ def test_max_traces_closes_the_least_recently_active() -> None:
     assert [(a.kind, a.trace_id, a.severity) for a in evicted] == [
         (ORPHAN, second.trace, ERROR)  # its agent never ended: abandoned
     ]
-    assert ledger.stats() == LedgerStats(traces=2, dropped_facts=0, evicted_traces=1)
+    assert ledger.stats() == LedgerStats(
+        traces=2, dropped_facts=0, evicted_traces=1, observations=3
+    )
     assert ledger.close_trace(second.trace) == []
     assert [a.trace_id for a in ledger.close_all()] == [first.trace, third.trace]
 
@@ -472,3 +474,21 @@ def test_many_threads_many_traces_each_closed_once() -> None:
     assert sorted(a.trace_id for a in closed) == sorted(h.trace for h in traces)
     assert {a.kind for a in closed} == {ORPHAN}
     assert ledger.stats().traces == 0 and ledger.close_all() == []
+
+
+def test_observation_budget_closes_least_recent_traces_and_keeps_memory_flat() -> None:
+    ledger = Ledger(
+        lambda fact: parse_consistency("linearizable"), LedgerLimits(max_observations=100)
+    )
+    for t in range(50):
+        h = H(format(t + 1, "032x"))
+        for i in range(10):
+            h.write("a", f"f/{i}", f"n:{t + 1}", (i, i + 1))
+        for obs in h.observations:
+            ledger.add_observation(obs)
+            assert ledger.stats().observations <= 100
+    stats = ledger.stats()
+    assert stats.traces <= 10
+    assert stats.evicted_traces >= 40
+    ledger.close_all()
+    assert ledger.stats().observations == 0

@@ -339,6 +339,7 @@ def configure(
     on_anomaly: str | None = None,
     clock_skew_ms: int | None = None,
     max_traces: int | None = None,
+    max_observations: int | None = None,
     max_facts_per_trace: int | None = None,
     max_events_per_fact: int | None = None,
     trace_ttl_ms: int | None = None,
@@ -367,6 +368,7 @@ def configure(
     for name, value, minimum in (
         ("clock_skew_ms", clock_skew_ms, 0),
         ("max_traces", max_traces, 1),
+        ("max_observations", max_observations, 1),
         ("max_facts_per_trace", max_facts_per_trace, 1),
         ("max_events_per_fact", max_events_per_fact, 2),
         ("trace_ttl_ms", trace_ttl_ms, 1),

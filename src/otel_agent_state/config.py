@@ -26,6 +26,7 @@ ENV_CONSISTENCY = "OTEL_AGENTSTATE_CONSISTENCY"
 ENV_ON_ANOMALY = "OTEL_AGENTSTATE_ON_ANOMALY"
 ENV_CLOCK_SKEW_MS = "OTEL_AGENTSTATE_CLOCK_SKEW_MS"
 ENV_MAX_TRACES = "OTEL_AGENTSTATE_MAX_TRACES"
+ENV_MAX_OBSERVATIONS = "OTEL_AGENTSTATE_MAX_OBSERVATIONS"
 ENV_MAX_FACTS_PER_TRACE = "OTEL_AGENTSTATE_MAX_FACTS_PER_TRACE"
 ENV_MAX_EVENTS_PER_FACT = "OTEL_AGENTSTATE_MAX_EVENTS_PER_FACT"
 ENV_TRACE_TTL_MS = "OTEL_AGENTSTATE_TRACE_TTL_MS"
@@ -150,6 +151,7 @@ class Settings:
     on_anomaly: OnAnomaly = "record"
     clock_skew_ms: int = 0
     max_traces: int = 10_000
+    max_observations: int = 200_000
     max_facts_per_trace: int = 1_000
     max_events_per_fact: int = 256
     trace_ttl_ms: int = 300_000
@@ -239,6 +241,7 @@ def settings_from_env(env: Mapping[str, str] | None = None, cwd: Path | None = N
         on_anomaly=on_anomaly,  # type: ignore[arg-type]
         clock_skew_ms=_env_int(env, ENV_CLOCK_SKEW_MS, 0, 0),
         max_traces=_env_int(env, ENV_MAX_TRACES, 10_000, 1),
+        max_observations=_env_int(env, ENV_MAX_OBSERVATIONS, 200_000, 1),
         max_facts_per_trace=_env_int(env, ENV_MAX_FACTS_PER_TRACE, 1_000, 1),
         max_events_per_fact=_env_int(env, ENV_MAX_EVENTS_PER_FACT, 256, 2),
         trace_ttl_ms=_env_int(env, ENV_TRACE_TTL_MS, 300_000, 1),

@@ -3,6 +3,8 @@
 Pure (no OpenTelemetry imports). The processor feeds it observations, scopes and
 transaction ends as spans end, and emits what it returns. Memory is bounded three ways:
 at most `max_traces` live traces (least recently active closed first), at most
+`max_observations` observations across all live traces (least recently active traces
+closed first, so memory stays flat however many traces are open), at most
 `max_facts_per_trace` facts per trace (further facts are counted and dropped), at most
 `max_events_per_fact` reads and writes per fact, and traces idle past the TTL are closed.
 
@@ -35,6 +37,7 @@ from .model import Anomaly, AnomalyKind, Observation, Scope, ScopeKind, Severity
 @dataclass(frozen=True, slots=True)
 class LedgerLimits:
     max_traces: int = 10_000
+    max_observations: int = 200_000
     max_facts_per_trace: int = 1_000
     max_events_per_fact: int = 256
     trace_ttl_ms: int = 300_000
@@ -48,6 +51,7 @@ class TraceState:
     reported: set[tuple[object, ...]] = field(default_factory=set)
     pending: dict[str, list[Anomaly]] = field(default_factory=dict)  # by actor key
     dropped_facts: int = 0
+    observations: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,7 @@ class LedgerStats:
     traces: int
     dropped_facts: int
     evicted_traces: int
+    observations: int = 0
 
 
 class Ledger:
@@ -73,6 +78,7 @@ class Ledger:
         self._lock = threading.RLock()
         self._dropped_facts = 0
         self._evicted = 0
+        self._observations = 0  # held by live traces
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -81,10 +87,13 @@ class Ledger:
         does not exist here) and no traces (the parent judges its own)."""
         self._lock = threading.RLock()
         self._traces = OrderedDict()
+        self._observations = 0
 
     def stats(self) -> LedgerStats:
         with self._lock:
-            return LedgerStats(len(self._traces), self._dropped_facts, self._evicted)
+            return LedgerStats(
+                len(self._traces), self._dropped_facts, self._evicted, self._observations
+            )
 
     def _state(self, trace_id: str, out: list[Anomaly]) -> TraceState:
         state = self._traces.get(trace_id)
@@ -160,6 +169,9 @@ class Ledger:
             state = self._state(obs.trace_id, out)
             obs = self._bounded(state, obs)
             state.history.add_observation(obs)
+            state.observations += 1
+            self._observations += 1
+            self._within_budget(state, out)
             if obs.reads:
                 stale = detect_stale_reads(
                     state.history,
@@ -269,6 +281,15 @@ class Ledger:
 
     # ------------------------------------------------------------------ internals
 
+    def _within_budget(self, current: TraceState, out: list[Anomaly]) -> None:
+        """Close least recently active traces (judging them) while over the budget."""
+        while self._observations > self.limits.max_observations and len(self._traces) > 1:
+            trace_id, state = next(iter(self._traces.items()))
+            if state is current:  # the trace being fed is the most recent: never first
+                break
+            self._evicted += 1
+            out.extend(self._close(trace_id))
+
     def _acted(self, state: TraceState, actor: str) -> list[Anomaly]:
         out = self._flush_pending(state, actor, Severity.ERROR)
         facts = state.history.take_unacted_reads(actor)
@@ -282,6 +303,7 @@ class Ledger:
 
     def _close(self, trace_id: str) -> list[Anomaly]:
         state = self._traces.pop(trace_id)
+        self._observations -= state.observations
         history = state.history
         out: list[Anomaly] = []
         for actor in list(state.pending):
