@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,12 @@ def test_the_corpus_is_big_enough_and_balanced() -> None:
         assert any(kind in s.expect for s in SCENARIOS), kind
 
 
-@pytest.mark.parametrize("env", SCENARIOS, ids=[s.name for s in SCENARIOS], indirect=True)
+def _param(s: Scenario) -> Any:
+    marks = [pytest.mark.xfail(strict=True, reason=s.known_issue)] if s.known_issue else []
+    return pytest.param(s, id=s.name, marks=marks)
+
+
+@pytest.mark.parametrize("env", [_param(s) for s in SCENARIOS], indirect=True)
 def test_scenario_finds_exactly_what_it_is_labelled_with(
     env: Env, request: pytest.FixtureRequest
 ) -> None:
