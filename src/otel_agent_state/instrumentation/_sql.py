@@ -5,7 +5,8 @@ the projection, INSERT values, and the `col = value` equalities ANDed in the WHE
 It is deliberately partial (no grammar, no third-party parser, stdlib only) and total:
 `analyse()` never raises; what it cannot follow it reports as unresolved with a short reason,
 so the caller falls back to a table-level fact instead of guessing a row.
-Written for SQLite's dialect; the same shapes cover PostgreSQL's common statements.
+Written for SQLite's dialect; `dialect="postgresql"` adds PostgreSQL's lexical forms
+(`$1`, `%s` / `%(name)s` placeholders, `$tag$` strings, `::type` casts).
 """
 
 from __future__ import annotations
@@ -148,8 +149,10 @@ class Statement:
     # INSERT / REPLACE: column list (empty: all columns in table order) and VALUES rows.
     insert_columns: tuple[str, ...] = ()
     insert_rows: tuple[tuple[Value, ...], ...] = ()
-    # UPDATE: assigned columns.
+    # UPDATE: assigned columns; whether an assigned value is computed from the row itself
+    # (`balance = balance - 1`, a subquery): the server reads and writes atomically.
     set_columns: tuple[str, ...] = ()
+    set_from_row: bool = False
     # ANDed `column = value` predicates of the WHERE clause (column unquoted, unqualified).
     where: tuple[tuple[str, Value], ...] = ()
     has_where: bool = False
@@ -179,8 +182,10 @@ class Statement:
 # --------------------------------------------------------------------------- lexer
 
 
-def tokenize(sql: str) -> list[Token]:
+def tokenize(sql: str, dialect: str = "sqlite") -> list[Token]:
     """Split SQL text into tokens; comments dropped; unterminated constructs run to the end."""
+    if dialect == "postgresql":
+        return _pg_tokens(sql)
     tokens: list[Token] = []
     i = 0
     n = len(sql)
@@ -259,6 +264,108 @@ def tokenize(sql: str) -> list[Token]:
     return tokens
 
 
+def _pg_tokens(sql: str) -> list[Token]:
+    """PostgreSQL: driver placeholders become PARAM tokens and `::type` casts are dropped."""
+    out: list[Token] = []
+    # Cut the text at the PostgreSQL-only forms and tokenize the pieces in between.
+    i = 0
+    n = len(sql)
+    start = 0
+    pieces: list[tuple[str, Token | None]] = []
+    while i < n:
+        c = sql[i]
+        if c == "-" and sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif c == "/" and sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        elif c in "'\"":
+            _, i = _quoted(sql, i, c, c)
+        elif c == "%" and i + 1 < n and sql[i + 1] in "sbt%(":
+            special: Token | None = None
+            if sql[i + 1] == "%":
+                end = i + 2
+                special = Token(PUNCT, "%")
+            elif sql[i + 1] == "(":
+                close = sql.find(")", i + 2)
+                if close < 0 or close + 1 >= n or sql[close + 1] not in "sbt":
+                    i += 1
+                    continue
+                special = Token(PARAM, "%(" + sql[i + 2 : close] + ")")
+                end = close + 2
+            else:
+                special = Token(PARAM, "%s")
+                end = i + 2
+            pieces.append((sql[start:i], special))
+            i = start = end
+        elif c == "$" and i + 1 < n and sql[i + 1].isdigit() and not _word_char(sql, i - 1):
+            end = i + 1
+            while end < n and sql[end].isdigit():
+                end += 1
+            pieces.append((sql[start:i], Token(PARAM, sql[i:end])))
+            i = start = end
+        elif c == "$" and not _word_char(sql, i - 1):
+            close = sql.find("$", i + 1)
+            tag = sql[i : close + 1] if close > 0 else ""
+            if tag and all(ch.isalnum() or ch == "_" for ch in tag[1:-1]):
+                end = sql.find(tag, close + 1)
+                end = n if end < 0 else end + len(tag)
+                body = sql[close + 1 : max(close + 1, end - len(tag))]
+                pieces.append((sql[start:i], Token(STRING, body)))
+                i = start = end
+            else:
+                i += 1
+        else:
+            i += 1
+    pieces.append((sql[start:], None))
+    for text, special in pieces:
+        for tok in tokenize(text):
+            if tok.kind == PARAM:  # `?`, `:x`, `@x` are operators or text in PostgreSQL
+                tok = Token(PUNCT, tok.text)
+            out.append(tok)
+        if special is not None:
+            out.append(special)
+    return _drop_casts(out)
+
+
+def _word_char(sql: str, at: int) -> bool:
+    return at >= 0 and (sql[at].isalnum() or sql[at] == "_")
+
+
+def _drop_casts(tokens: list[Token]) -> list[Token]:
+    """`value::type[(n)][[]]` -> `value`: a cast does not change which row a key names."""
+    out: list[Token] = []
+    i = 0
+    n = len(tokens)
+    while i < n:
+        tok = tokens[i]
+        if tok.punct("::") and i + 1 < n and tokens[i + 1].kind in (WORD, QIDENT):
+            i += 2
+            while i < n and tokens[i].kind == WORD and tokens[i].upper in _TYPE_WORDS:
+                i += 1  # double precision, character varying, ... with time zone
+            if i < n and tokens[i].punct("("):
+                depth = 0
+                while i < n:
+                    if tokens[i].punct("("):
+                        depth += 1
+                    elif tokens[i].punct(")"):
+                        depth -= 1
+                        if depth == 0:
+                            i += 1
+                            break
+                    i += 1
+            while i + 1 < n and tokens[i].punct("[") and tokens[i + 1].punct("]"):
+                i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+_TYPE_WORDS: Final = frozenset({"PRECISION", "VARYING", "WITH", "WITHOUT", "TIME", "ZONE"})
+
+
 def _quoted(sql: str, start: int, quote: str, close: str) -> tuple[str, int]:
     """Text of a quoted run starting at `start` (doubled quote = escaped); returns (text, end)."""
     parts: list[str] = []
@@ -318,7 +425,7 @@ def _split(sql: str) -> list[str]:
 # --------------------------------------------------------------------------- parser
 
 
-def analyse(sql: object) -> Statement:
+def analyse(sql: object, dialect: str = "sqlite") -> Statement:
     """Analyse the first statement of `sql`; returns OTHER/unresolved instead of raising.
 
     Applications run the same statements over and over, so results are cached by text
@@ -327,20 +434,20 @@ def analyse(sql: object) -> Statement:
         sql = sql.decode("utf-8", "replace")
     if not isinstance(sql, str):
         return Statement(unresolved="not text")
-    return _analyse_text(sql)
+    return _analyse_text(sql, dialect)
 
 
 @functools.lru_cache(maxsize=2048)
-def _analyse_text(sql: str) -> Statement:
+def _analyse_text(sql: str, dialect: str = "sqlite") -> Statement:
     try:
-        return _Parser(tokenize(sql)).statement()
+        return _Parser(tokenize(sql, dialect), dialect).statement()
     except Exception:
         _log.debug("SQL analysis failed", exc_info=True)
         return Statement(unresolved="unparsed")
 
 
 class _Parser:
-    def __init__(self, tokens: list[Token]) -> None:
+    def __init__(self, tokens: list[Token], dialect: str = "sqlite") -> None:
         # Assign SQLite parameter numbers: `?` takes max+1, `?NNN` takes NNN, a name keeps its
         # first number; sequences bind by number, mappings by name.
         self.numbers: dict[int, tuple[int, str | None]] = {}
@@ -349,9 +456,19 @@ class _Parser:
         for pos, tok in enumerate(tokens):
             if tok.kind != PARAM:
                 continue
-            if tok.text == "?":
+            if tok.text in ("?", "%s"):
                 highest += 1
                 self.numbers[pos] = (highest, None)
+            elif dialect == "postgresql" and tok.text[:1] == "$" and tok.text[1:].isdigit():
+                number = int(tok.text[1:]) if len(tok.text) < 8 else 0
+                highest = max(highest, number)
+                self.numbers[pos] = (number, None)
+            elif tok.text.startswith("%("):  # psycopg %(name)s: bound from a mapping
+                name = tok.text[2:-1]
+                if name not in names:
+                    highest += 1
+                    names[name] = highest
+                self.numbers[pos] = (names[name], name)
             elif tok.text.startswith("?"):
                 number = int(tok.text[1:]) if len(tok.text) < 8 else 0
                 highest = max(highest, number)
@@ -725,6 +842,10 @@ class _Parser:
         elif self.accept("NOT"):
             self.accept("INDEXED")
         columns: list[str] = []
+        # An assignment is from the row if its value references a column (`balance - 1`);
+        # client-determined if it has only parameters and literals (`= %s`, `= 'done'`).
+        row_based = client = False
+        uses_row = uses_value = False
         if self.accept("SET"):
             # `a = expr, (b, c) = (...)`: the target is what precedes each depth-0 `=`.
             target = True
@@ -732,17 +853,30 @@ class _Parser:
             while (tok := self.peek()) is not None:
                 if depth == 0 and tok.word("WHERE", "FROM", "RETURNING", "ORDER", "LIMIT"):
                     break
+                if not target:
+                    if tok.kind in (WORD, QIDENT) and _names_column(self.toks, self.pos):
+                        uses_row = True
+                    elif tok.kind in (PARAM, STRING, NUMBER, BLOB) or tok.word(
+                        "TRUE", "FALSE", "NULL"
+                    ):
+                        uses_value = True
                 if tok.punct("("):
                     depth += 1
                 elif tok.punct(")"):
                     depth -= 1
                 elif depth == 0 and tok.punct(","):
+                    row_based = row_based or uses_row
+                    client = client or (uses_value and not uses_row)
+                    uses_row = uses_value = False
                     target = True
                 elif depth == 0 and tok.punct("="):
                     target = False
                 elif target and tok.kind in (WORD, QIDENT, STRING):
                     columns.append(tok.text)
                 self.pos += 1
+            row_based = row_based or uses_row
+            client = client or (uses_value and not uses_row)
+        from_row = row_based and not client
         reason = "update from" if self.accept("FROM") else None
         where, has_where, where_reason = self.where_clause()
         returning = any(t.word("RETURNING") for t in self.toks[self.pos : self.end])
@@ -751,6 +885,7 @@ class _Parser:
             table=table,
             schema=schema,
             set_columns=tuple(columns),
+            set_from_row=from_row,
             where=where,
             has_where=has_where,
             where_reason=where_reason,
@@ -776,6 +911,56 @@ class _Parser:
             where_reason=where_reason,
             returning=returning,
         )
+
+
+# Words in a SET value that are not column references.
+_VALUE_WORDS: Final = frozenset(
+    {
+        "NULL",
+        "TRUE",
+        "FALSE",
+        "DEFAULT",
+        "CASE",
+        "WHEN",
+        "THEN",
+        "ELSE",
+        "END",
+        "AND",
+        "OR",
+        "NOT",
+        "IS",
+        "IN",
+        "LIKE",
+        "ILIKE",
+        "BETWEEN",
+        "ESCAPE",
+        "COLLATE",
+        "INTERVAL",
+        "ARRAY",
+        "CURRENT_TIMESTAMP",
+        "CURRENT_DATE",
+        "CURRENT_TIME",
+        "LOCALTIMESTAMP",
+        "LOCALTIME",
+        "CURRENT_USER",
+        "SESSION_USER",
+        "USER",
+        "DISTINCT",
+        "FROM",
+        "AS",
+    }
+)
+
+
+def _names_column(toks: list[Token], pos: int) -> bool:
+    """Whether the identifier at `pos` (inside a SET value) names a column, not a keyword,
+    a function (`now()`) or a type (`CAST(x AS int)`, `x::int` is gone already)."""
+    tok = toks[pos]
+    if tok.kind == WORD and tok.upper in _VALUE_WORDS:
+        return False
+    if pos + 1 < len(toks) and toks[pos + 1].punct("("):
+        return tok.upper == "SELECT"  # a subquery reads rows; other calls are functions
+    return not (pos > 0 and toks[pos - 1].word("AS"))
 
 
 def _projection(items: list[list[Token]]) -> tuple[tuple[str | None, ...], bool, bool]:

@@ -370,7 +370,10 @@ class _Observation:
         self.lock = threading.Lock()
         self.ended = False
         self.tier_set = False
-        self.tier = "primary"
+        # Other SQL stores reuse this class with their own connection state (store, tier).
+        self.store: str = getattr(state, "store", STORE)
+        self.default_tier: str = getattr(state, "tier", "primary")
+        self.tier = self.default_tier
         self.read_span: Span | None = None
         namespace = state.namespace(stmt.schema)
         self.namespace = namespace
@@ -378,8 +381,8 @@ class _Observation:
         self.table = table
         summary = name or stmt.summary
         attrs: dict[str, Any] = {
-            A.STORE: STORE,
-            A.DB_SYSTEM_NAME: STORE,
+            A.STORE: self.store,
+            A.DB_SYSTEM_NAME: self.store,
             A.DB_NAMESPACE: namespace,
             A.DB_OPERATION_NAME: stmt.operation,
             A.DB_QUERY_SUMMARY: summary,
@@ -389,7 +392,7 @@ class _Observation:
         op = _OPS.get(stmt.operation)
         if op is not None:
             attrs[A.OP] = op
-            attrs[A.TIER] = "primary"
+            attrs[A.TIER] = self.tier
         current = trace.get_current_span()
         if _contrib_span(current):
             self.span = current
@@ -430,25 +433,25 @@ class _Observation:
             f"agentstate.read {table}" if table else "agentstate.read",
             context=trace.set_span_in_context(self.span),
             kind=SpanKind.CLIENT,
-            attributes={A.STORE: STORE, A.TIER: self.tier, A.OP: "read"},
+            attributes={A.STORE: self.store, A.TIER: self.tier, A.OP: "read"},
         )
 
     def fact(self, settings: Settings, physical: str) -> tuple[str, FactRule | None]:
         resolved = settings.resolve(physical)
         if not self.tier_set and resolved.rule is not None:
             self.tier_set = True
-            self.tier = resolved.tier or "primary"
+            self.tier = resolved.tier or self.default_tier
             self._set(A.TIER, self.tier)
         return resolved.key, resolved.rule
 
     def physical(self, pk_values: Sequence[object]) -> str:
         table = self.table.name if self.table else (self.stmt.table or "")
         key = ",".join(_key_part(v) for v in pk_values)
-        return f"{STORE}:{self.namespace}/{table}/{key}"
+        return f"{self.store}:{self.namespace}/{table}/{key}"
 
     def table_key(self) -> str:
         table = self.table.name if self.table else (self.stmt.table or "")
-        return f"{STORE}:{self.namespace}/{table}"
+        return f"{self.store}:{self.namespace}/{table}"
 
     def unresolved(self, reason: str) -> None:
         self._set(A.UNRESOLVED, reason)
@@ -619,7 +622,7 @@ class _Read:
         try:
             if isinstance(row, Mapping):
                 items = [row.get(n) for n in self.names]
-            elif isinstance(row, (tuple, sqlite3.Row)) and len(row) == len(self.names):
+            elif isinstance(row, (tuple, list, sqlite3.Row)) and len(row) == len(self.names):
                 items = [row[i] for i in range(len(self.names))]
             else:
                 raise TypeError(f"row of type {type(row).__name__}")
@@ -677,6 +680,29 @@ class _Slot:
         read = self.read
         if read is not None and not read.obs.ended:
             _reap.put(read.obs)
+
+
+def observe_rows(slot: _Slot, read: _Read, rows: Sequence[Any], done: bool) -> None:
+    """Record fetched rows, run the read guard, end the span when the result is used up."""
+    try:
+        if rows:
+            read.rows(rows)
+        elif done:
+            read.missing()
+    except Exception:
+        _log.debug("recording fetched rows failed", exc_info=True)
+    try:
+        if rows or (done and read.obs.read_facts):
+            runtime.guard_read(read.obs.reads_span)
+    except StaleReadError as exc:
+        read.obs.fail(exc)
+        slot.read = None
+        raise
+    except Exception:
+        _log.debug("read guard failed", exc_info=True)
+    if done:
+        slot.read = None
+        read.obs.end()
 
 
 # --------------------------------------------------------------------------- proxies
@@ -792,26 +818,7 @@ class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
         return self.__wrapped__.close()
 
     def _observe(self, read: _Read, rows: Sequence[Any], done: bool) -> None:
-        """Record fetched rows, run the read guard, end the span when the result is used up."""
-        try:
-            if rows:
-                read.rows(rows)
-            elif done:
-                read.missing()
-        except Exception:
-            _log.debug("recording fetched rows failed", exc_info=True)
-        try:
-            if rows or (done and read.obs.read_facts):
-                runtime.guard_read(read.obs.reads_span)
-        except StaleReadError as exc:
-            read.obs.fail(exc)
-            self._self_slot.read = None
-            raise
-        except Exception:
-            _log.debug("read guard failed", exc_info=True)
-        if done:
-            self._self_slot.read = None
-            read.obs.end()
+        observe_rows(self._self_slot, read, rows, done)
 
     def _finish_read(self) -> None:
         read = self._self_slot.read
