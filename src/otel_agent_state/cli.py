@@ -162,26 +162,24 @@ def _parser() -> argparse.ArgumentParser:
         "and agentstate_demo_replica (default: $AGENTSTATE_POSTGRES_DSN, else SQLite)",
     )
     demo.set_defaults(handler=_demo)
-    check = commands.add_parser(
+    check = _input_command(
+        commands,
         "check",
-        help="check exported traces (OTLP JSON, console JSON) and print a JSON report",
-        description=_CHECK_HELP,
-        epilog=_CHECK_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "check exported traces (OTLP JSON, console JSON) and print a JSON report",
+        _CHECK_HELP,
+        _CHECK_EPILOG,
     )
-    _input_arguments(check)
     check.add_argument(
         "--indent", type=int, default=None, help="indent the JSON report (default: one line)"
     )
     check.set_defaults(handler=_check)
-    report = commands.add_parser(
+    report = _input_command(
+        commands,
         "report",
-        help="write a self-contained HTML state timeline of exported traces",
-        description=_REPORT_HELP,
-        epilog=_REPORT_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "write a self-contained HTML state timeline of exported traces",
+        _REPORT_HELP,
+        _REPORT_EPILOG,
     )
-    _input_arguments(report)
     report.add_argument("-o", "--output", type=Path, required=True, help="the HTML file to write")
     report.add_argument(
         "--max-traces",
@@ -211,6 +209,25 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _input_command(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
+    description: str,
+    epilog: str,
+) -> argparse.ArgumentParser:
+    """A command that reads exported traces (check, report) with the input options."""
+    parser = commands.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _input_arguments(parser)
+    return parser
 
 
 def _input_arguments(parser: argparse.ArgumentParser) -> None:

@@ -268,12 +268,17 @@ def _otlp_span(span: Mapping[str, Any], resource: Mapping[str, Any], scope: str)
             ),
             scope_name=scope,
         )
-    except KeyError as missing:
-        raise FormatError(f"span without {missing.args[0]}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, FormatError):
             raise
-        raise FormatError(f"malformed span: {exc}") from None
+        raise _decode_error(exc, "span") from None
+
+
+def _decode_error(exc: Exception, what: str) -> FormatError:
+    """What is wrong with a span that could not be decoded: a missing key, or else."""
+    if isinstance(exc, KeyError):
+        return FormatError(f"{what} without {exc.args[0]}")
+    return FormatError(f"malformed {what}: {exc}")
 
 
 def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -328,12 +333,10 @@ def _otlp_row(
             scope,
             process,
         )
-    except KeyError as missing:
-        raise FormatError(f"span without {missing.args[0]}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, FormatError):
             raise
-        raise FormatError(f"malformed span: {exc}") from None
+        raise _decode_error(exc, "span") from None
 
 
 def span_from_console_json(obj: Mapping[str, Any]) -> SpanRecord:
@@ -370,12 +373,10 @@ def span_from_console_json(obj: Mapping[str, Any]) -> SpanRecord:
                 for link in obj.get("links") or ()
             ),
         )
-    except KeyError as missing:
-        raise FormatError(f"console span without {missing.args[0]}") from None
-    except (TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         if isinstance(exc, FormatError):
             raise
-        raise FormatError(f"malformed console span: {exc}") from None
+        raise _decode_error(exc, "console span") from None
 
 
 def _strip0x(value: Any) -> Any:

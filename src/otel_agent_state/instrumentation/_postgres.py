@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-import uuid
 import weakref
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Iterator
@@ -30,22 +29,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__
 from .. import attributes as A
 from ..config import get_settings
+from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
+from ._dbapi import Scopes, observe_rows, row_version, scope_end_spans, txn_attrs
+from ._dbapi import quote as _quote
+from ._dbapi import suppressed as _suppressed
 from ._sql import analyse
-from .sqlite3 import (
-    _MAX_ROWS_PER_SPAN,
-    _full_version,
-    _Observation,
-    _pinned_writes,
-    _Prepared,
-    _quote,
-    _Read,
-    _Slot,
-    _start_reaper,
-    _suppressed,
-    observe_rows,
-)
+from .sqlite3 import _Observation, _pinned_writes, _Prepared, _Read, _Slot
 
-__all__ = ["observe_rows"]
+__all__ = ["Scopes", "observe_rows"]
 
 _log = logging.getLogger(__name__)
 
@@ -95,73 +86,6 @@ class Driver(Protocol):
     def autocommit(self, conn: Any) -> bool: ...
     def busy(self, conn: Any) -> bool: ...
     def dbname(self, conn: Any) -> str: ...
-
-
-# --------------------------------------------------------------------------- mutation scopes
-
-
-class Scopes:
-    """The transaction of a connection and its savepoints, each a mutation scope of its own.
-
-    A write inside a savepoint belongs to the savepoint's scope id; ROLLBACK TO discards
-    that scope (reported as rolled back at once), RELEASE merges it into the enclosing one,
-    whose outcome it then shares when the transaction ends.
-    """
-
-    def __init__(self) -> None:
-        self.txn_id: str | None = None
-        self.stack: list[tuple[str, str]] = []  # (savepoint name lower case, scope id)
-        self.written: list[str] = []  # scope ids with writes, in order
-
-    def begin(self) -> None:
-        if self.txn_id is None:
-            self.txn_id, self.stack, self.written = uuid.uuid4().hex, [], []
-
-    def current(self) -> str | None:
-        return self.stack[-1][1] if self.stack else self.txn_id
-
-    def wrote(self) -> str | None:
-        self.begin()
-        scope = self.current()
-        if scope is not None and scope not in self.written:
-            self.written.append(scope)
-        return scope
-
-    def savepoint(self, name: str) -> None:
-        self.begin()
-        self.stack.append((name.lower(), uuid.uuid4().hex))
-
-    def _index(self, name: str) -> int | None:
-        name = name.lower()
-        for index in range(len(self.stack) - 1, -1, -1):
-            if self.stack[index][0] == name:
-                return index
-        return None
-
-    def release(self, name: str) -> None:
-        index = self._index(name)
-        if index is not None:
-            del self.stack[index:]
-
-    def rollback_to(self, name: str) -> list[str]:
-        """Scope ids discarded by ROLLBACK TO `name` (the savepoint itself stays, renewed)."""
-        index = self._index(name)
-        if index is None:
-            return []
-        dropped = {scope for _, scope in self.stack[index:]}
-        del self.stack[index + 1 :]
-        self.stack[index] = (self.stack[index][0], uuid.uuid4().hex)
-        gone = [s for s in self.written if s in dropped]
-        self.written = [s for s in self.written if s not in dropped]
-        return gone
-
-    def end(self) -> tuple[str | None, list[str]]:
-        """(transaction id if it wrote anything, savepoint scopes with writes); then reset."""
-        txn, written = self.txn_id, list(self.written)
-        self.txn_id, self.stack, self.written = None, [], []
-        if not written:
-            return None, []
-        return txn, [s for s in written if s != txn]
 
 
 # --------------------------------------------------------------------------- connection state
@@ -236,6 +160,22 @@ def state_for(conn: Any, driver: Driver, tracer: trace.Tracer | None) -> PgState
     except Exception:
         _log.debug("no state for the connection", exc_info=True)
         return None
+
+
+def connection_options(
+    conn: Any,
+    driver: Driver,
+    module: str,
+    tracer: trace.Tracer | None,
+    tier: str | None,
+    tracer_provider: Any,
+) -> Any:
+    """`instrument_connection` of a driver module: the instrumentor's tracer unless the
+    connection has a tracer provider of its own (or the instrumentor is off)."""
+    if tracer is None or tracer_provider is not None:
+        tracer = trace.get_tracer(module, VERSION, tracer_provider=tracer_provider)
+    configure_connection(conn, driver, tracer, tier)
+    return conn
 
 
 def configure_connection(
@@ -426,6 +366,16 @@ class Flow:
         with _suppressed(self.obs.span if self.obs.own else None):
             yield
 
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """`calling`, and a failure of the statement recorded (then re-raised)."""
+        try:
+            with self.calling():
+                yield
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+
     def before(self) -> Step[None]:
         stmt = self.stmt
         if stmt.table and stmt.operation in ("SELECT", "INSERT", "UPDATE", "DELETE"):
@@ -481,14 +431,12 @@ class Flow:
         obs = self.obs
         settings = get_settings()
         keys, reason = _pinned_writes(self.prepared, cursor)
-        facts: dict[str, str] = {}
         results: list[Rows] | None = None
         table = cast("_PgTable | None", obs.table)
         if reason is not None or not keys or table is None:
-            fact, _ = obs.fact(settings, obs.table_key())
-            facts[fact] = settings.digest(secrets.token_bytes(16))
-            obs.unresolved(reason or "no rows")
+            facts = obs.table_write(settings, reason or "no rows")
         else:
+            facts = {}
             keys = keys[:_MAX_ROWS_PER_SPAN]
             where = " AND ".join(f"{_quote(c)} = %s" for c in table.pk)
             query = f"SELECT * FROM {table.sql_name} WHERE {where}"
@@ -510,10 +458,9 @@ class Flow:
                     else:
                         lowered = [n.lower() for n in names]
                         values = dict(zip(lowered, rows[0], strict=False))
-                        version = _full_version(settings, rule, physical, values)
+                        version = row_version(settings, rule, physical, values)
                 facts[fact] = version
-        obs.span.set_attribute(A.WRITE_FACTS, list(facts))
-        obs.span.set_attribute(A.WRITE_VERSIONS, list(facts.values()))
+        obs.set_writes(facts)
         if self.stmt.set_from_row and results is not None:
             # `SET balance = balance - 1`: the server read the row and wrote it atomically,
             # so the write is based on its own read (as INCR is), not on an earlier SELECT.
@@ -533,13 +480,8 @@ class Flow:
         now_in = self.was_in if status == ACTIVE else status in (INTRANS, INERROR)
         with state.lock:
             scopes = state.scopes
-            if now_in and stmt.savepoint is not None:
-                if stmt.operation == "SAVEPOINT":
-                    scopes.savepoint(stmt.savepoint)
-                elif stmt.operation == "RELEASE":
-                    scopes.release(stmt.savepoint)
-                elif stmt.operation == "ROLLBACK":
-                    emit_scope_ends(state, obs.span, scopes.rollback_to(stmt.savepoint), "rollback")
+            if now_in:
+                emit_scope_ends(state, obs.span, scopes.follow(stmt), "rollback")
             if self.was_in and not now_in:
                 # Only a successful statement on a live connection can have committed: a
                 # failed one (even COMMIT) or a lost connection discards the transaction.
@@ -555,41 +497,18 @@ class Flow:
             if wrote:
                 if now_in:
                     obs.span.set_attribute(A.COMMITTED, False)
-                    scope = scopes.wrote()
-                    if scope is not None:
-                        obs.span.set_attribute(A.TXN_ID, scope)
+                    obs.span.set_attribute(A.TXN_ID, scopes.wrote())
                 else:
                     scopes.end()
                     obs.span.set_attribute(A.COMMITTED, True)
 
 
 def emit_scope_ends(state: PgState, parent: Span, scopes: list[str], outcome: str) -> None:
-    """Savepoint scopes ending with their transaction (or rolled back): short child spans,
-    without `db.*` attributes, so they are not taken for database operations."""
-    for scope in scopes:
-        try:
-            span = state.tracer.start_span(
-                "agentstate.savepoint",
-                context=trace.set_span_in_context(parent),
-                kind=SpanKind.INTERNAL,
-                attributes={A.STORE: STORE, A.TXN_ID: scope, A.TXN_OUTCOME: outcome},
-            )
-            span.end()
-        except Exception:
-            _log.debug("reporting a savepoint scope failed", exc_info=True)
+    """Savepoint scopes ending with their transaction (or rolled back)."""
+    scope_end_spans(state.tracer, STORE, parent, scopes, outcome)
 
 
 # --------------------------------------------------------------------------- transaction ends
-
-
-def _txn_attrs(state: PgState, operation: str) -> dict[str, Any]:
-    return {
-        A.STORE: STORE,
-        A.DB_SYSTEM_NAME: STORE,
-        A.DB_NAMESPACE: state.dbname,
-        A.DB_OPERATION_NAME: operation,
-        A.DB_QUERY_SUMMARY: operation,
-    }
 
 
 def txn_end_start(state: PgState, outcome: str) -> Span | None:
@@ -600,7 +519,7 @@ def txn_end_start(state: PgState, outcome: str) -> Span | None:
                 return None
         operation = "COMMIT" if outcome == "commit" else "ROLLBACK"
         return state.tracer.start_span(
-            operation, kind=SpanKind.CLIENT, attributes=_txn_attrs(state, operation)
+            operation, kind=SpanKind.CLIENT, attributes=txn_attrs(STORE, state.dbname, operation)
         )
     except Exception:
         _log.debug("starting the transaction span failed", exc_info=True)
@@ -639,6 +558,32 @@ def txn_end_done(
         _log.debug("recording the transaction end failed", exc_info=True)
 
 
+@contextmanager
+def txn_ending(state: PgState, outcome: str, still_open: Callable[[], bool]) -> Iterator[None]:
+    """Around a driver call that ends the transaction with `outcome` (commit(), rollback(),
+    close(), a transaction block's exit); `still_open` tells, after a failure, whether it
+    did not end after all."""
+    span = txn_end_start(state, outcome)
+    try:
+        with _suppressed(span):
+            yield
+    except BaseException as exc:
+        txn_end_done(state, span, outcome, still_open(), exc)
+        raise
+    txn_end_done(state, span, outcome, False)
+
+
+@contextmanager
+def savepoint_ending(state: PgState, name: str, rolled_back: bool) -> Iterator[None]:
+    """Around the exit of a nested transaction block: a failed exit rolls it back."""
+    try:
+        yield
+    except BaseException:
+        savepoint_end(state, name, True)
+        raise
+    savepoint_end(state, name, rolled_back)
+
+
 def savepoint_end(state: PgState, name: str, rolled_back: bool) -> None:
     """A nested transaction block (savepoint) ended."""
     try:
@@ -671,8 +616,7 @@ class Reads:
                 slot = self._slots.get(cursor)
                 if slot is None:
                     slot = self._slots[cursor] = _Slot()
-                    _start_reaper()
-                    weakref.finalize(cursor, slot.collected)
+                    slot.watch(cursor)
                 return slot
         except Exception:
             _log.debug("cannot watch the cursor", exc_info=True)
@@ -692,12 +636,8 @@ class Reads:
             slot = self._slots.get(cursor)
         except Exception:
             return
-        if slot is not None and slot.read is not None:
-            read, slot.read = slot.read, None
-            try:
-                read.obs.end()
-            except Exception:
-                _log.debug("ending the read span failed", exc_info=True)
+        if slot is not None:
+            slot.finish()
 
 
 @dataclass
@@ -768,6 +708,17 @@ class Hooks:
             _log.debug("preparing the observation failed", exc_info=True)
             return None
 
+    def begin(
+        self, method: str, cursor: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], Flow | None]:
+        """Before an execute call: the cursor's last read ends; the (possibly materialised)
+        arguments to call with, and the statement's flow if it is traced."""
+        self.reads.finish(cursor)
+        if not is_instrumentation_enabled():
+            return args, None
+        args = materialise(method, args, kwargs)
+        return args, self.flow(cursor, method, args, kwargs)
+
     def keep(self, cursor: Any, read: _Read | None) -> None:
         if read is None:
             return
@@ -779,23 +730,15 @@ class Hooks:
 
     def execute(self, method: str) -> Wrapper:
         def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            self.reads.finish(instance)
-            if not is_instrumentation_enabled():
-                return wrapped(*args, **kwargs)
-            args = materialise(method, args, kwargs)
-            flow = self.flow(instance, method, args, kwargs)
+            args, flow = self.begin(method, instance, args, kwargs)
             if flow is None:
                 return wrapped(*args, **kwargs)
-            execute = self.executor(flow.conn)
             # Our own queries run only after the application's statement succeeded: run
             # first, they could take an error (a dead backend) the application should see.
+            with flow.running():
+                result = wrapped(*args, **kwargs)
             try:
-                with flow.calling():
-                    result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                flow.failed(exc)
-                raise
-            try:
+                execute = self.executor(flow.conn)
                 self.keep(instance, run_sync(flow.after(instance, instance.description), execute))
             except Exception:
                 _log.debug("recording the statement failed", exc_info=True)
@@ -856,15 +799,8 @@ class Hooks:
             state = self.conn_state(instance)
             if state is None:
                 return wrapped(*args, **kwargs)
-            span = txn_end_start(state, outcome)
-            try:
-                with _suppressed(span):
-                    result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                txn_end_done(state, span, outcome, self.still_open(instance), exc)
-                raise
-            txn_end_done(state, span, outcome, False)
-            return result
+            with txn_ending(state, outcome, lambda: self.still_open(instance)):
+                return wrapped(*args, **kwargs)
 
         return wrapper
 

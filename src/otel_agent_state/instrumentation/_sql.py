@@ -182,6 +182,18 @@ class Statement:
 # --------------------------------------------------------------------------- lexer
 
 
+def _comment_end(sql: str, i: int) -> int:
+    """The index after the comment that starts at `i` (an unterminated one runs to the
+    end), or -1 when no comment starts there."""
+    if sql.startswith("--", i):
+        end = sql.find("\n", i)
+        return len(sql) if end < 0 else end + 1
+    if sql.startswith("/*", i):
+        end = sql.find("*/", i + 2)
+        return len(sql) if end < 0 else end + 2
+    return -1
+
+
 def tokenize(sql: str, dialect: str = "sqlite") -> list[Token]:
     """Split SQL text into tokens; comments dropped; unterminated constructs run to the end."""
     if dialect == "postgresql":
@@ -193,12 +205,8 @@ def tokenize(sql: str, dialect: str = "sqlite") -> list[Token]:
         c = sql[i]
         if c.isspace():
             i += 1
-        elif c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
+        elif c in "-/" and (skip := _comment_end(sql, i)) >= 0:
+            i = skip
         elif c in "'\"`":
             text, i = _quoted(sql, i, c, c)
             tokens.append(Token(STRING if c == "'" else QIDENT, text))
@@ -274,12 +282,8 @@ def _pg_tokens(sql: str) -> list[Token]:
     pieces: list[tuple[str, Token | None]] = []
     while i < n:
         c = sql[i]
-        if c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
+        if c in "-/" and (skip := _comment_end(sql, i)) >= 0:
+            i = skip
         elif c in "'\"":
             _, i = _quoted(sql, i, c, c)
         elif c == "%" and i + 1 < n and sql[i + 1] in "sbt%(":
@@ -401,12 +405,8 @@ def _split(sql: str) -> list[str]:
     n = len(sql)
     while i < n:
         c = sql[i]
-        if c == "-" and sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif c == "/" and sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
+        if c in "-/" and (skip := _comment_end(sql, i)) >= 0:
+            i = skip
         elif c in "'\"`":
             _, i = _quoted(sql, i, c, c)
         elif c == "[":

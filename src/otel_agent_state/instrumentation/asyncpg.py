@@ -25,8 +25,9 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from .. import runtime
 from . import _postgres as pg
+from ._dbapi import replace_link, wrapper_chain
 from ._postgres import Flow, Rows, observe_rows, run_async
-from .sqlite3 import _PROXY_TYPES, _Read, _Slot
+from .sqlite3 import _Read, _Slot
 
 _log = logging.getLogger(__name__)
 
@@ -170,32 +171,29 @@ def _statement(kind: str) -> Callable[..., Any]:
         flow = _flow(instance, method, sql, params)
         if flow is None:
             return await wrapped(*args, **kwargs)
-        try:
-            with flow.calling():
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            flow.failed(exc)
-            raise
+        with flow.running():
+            result = await wrapped(*args, **kwargs)
         await _observe(flow, kind, result, column=int(kwargs.get("column", 0) or 0))
         return result
 
     return wrapper
 
 
+def _cursor_flow(cursor: Any) -> Flow | None:
+    """The flow of a read through an asyncpg cursor (or cursor iterator), if it is traced."""
+    if not is_instrumentation_enabled():
+        return None
+    conn = getattr(cursor, "_connection", None)
+    return _flow(conn, "execute", getattr(cursor, "_query", None), [cursor._args or ()])
+
+
 async def _cursor_fetch(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     """Cursor.fetch(n) / fetchrow(): one observation per call, of the rows it returned."""
-    if not is_instrumentation_enabled():
-        return await wrapped(*args, **kwargs)
-    conn = getattr(instance, "_connection", None)
-    flow = _flow(conn, "execute", getattr(instance, "_query", None), [instance._args or ()])
+    flow = _cursor_flow(instance)
     if flow is None:
         return await wrapped(*args, **kwargs)
-    try:
-        with flow.calling():
-            result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        flow.failed(exc)
-        raise
+    with flow.running():
+        result = await wrapped(*args, **kwargs)
     kind = "fetch" if isinstance(result, list) else "fetchrow"
     if kind == "fetchrow" and result is None:
         flow.obs.end()  # past the end of a multi-row cursor: says nothing of a row
@@ -237,10 +235,7 @@ def _drop(iterator: Any) -> None:
 async def _iter_next(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     slot = _take(instance)
     if slot is None:
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        conn = getattr(instance, "_connection", None)
-        flow = _flow(conn, "execute", getattr(instance, "_query", None), [instance._args or ()])
+        flow = _cursor_flow(instance)
         if flow is None:
             return await wrapped(*args, **kwargs)
         try:
@@ -289,34 +284,21 @@ async def _iter_next(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
 
 def _chain(owner: type, name: str) -> list[Any]:
     """The attribute and the wrapt wrappers under it, outermost first, the function last."""
-    chain = [owner.__dict__.get(name)]
-    while len(chain) < 32 and isinstance(chain[-1], _PROXY_TYPES):
-        inner = getattr(chain[-1], "__wrapped__", None)
-        if inner is None:
-            break
-        chain.append(inner)
-    return chain
+    return wrapper_chain(owner.__dict__.get(name))
 
 
 def _wrap_under(owner: type, name: str, fn: Callable[..., Any]) -> None:
     chain = _chain(owner, name)
     if chain[0] is None or any(getattr(link, "_self_wrapper", None) is fn for link in chain):
         return
-    ours = wrapt.FunctionWrapper(chain[-1], fn)
-    if len(chain) == 1:
-        setattr(owner, name, ours)
-    else:
-        chain[-2].__wrapped__ = ours
+    replace_link(owner, name, chain, len(chain) - 1, wrapt.FunctionWrapper(chain[-1], fn))
 
 
 def _unwrap_ours(owner: type, name: str, fn: Callable[..., Any]) -> None:
     chain = _chain(owner, name)
     for index, link in enumerate(chain[:-1]):
         if getattr(link, "_self_wrapper", None) is fn:
-            if index == 0:
-                setattr(owner, name, link.__wrapped__)
-            else:
-                chain[index - 1].__wrapped__ = link.__wrapped__
+            replace_link(owner, name, chain, index, link.__wrapped__)
             return
 
 
@@ -344,11 +326,7 @@ def instrument_connection(
 ) -> Any:
     """Per-connection options (tier `replica` for a read replica, tracer provider); the
     instrumentor must be on. Returns the connection itself."""
-    tracer = _tracer
-    if tracer is None or tracer_provider is not None:
-        tracer = trace.get_tracer(__name__, pg.VERSION, tracer_provider=tracer_provider)
-    pg.configure_connection(connection, DRIVER, tracer, tier)
-    return connection
+    return pg.connection_options(connection, DRIVER, __name__, _tracer, tier, tracer_provider)
 
 
 def uninstrument_connection(connection: Any) -> Any:

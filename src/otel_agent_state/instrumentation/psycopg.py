@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from .. import runtime
 from . import _postgres as pg
 from ._postgres import Flow, Rows, observe_rows, run_async, run_sync
-from .sqlite3 import _Slot, _suppressed
+from .sqlite3 import _Slot
 
 _log = logging.getLogger(__name__)
 
@@ -91,21 +91,13 @@ def _async_execute(method: str) -> Callable[..., Any]:
     async def wrapper(
         wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> Any:
-        _reads.finish(instance)
-        if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        args = pg.materialise(method, args, kwargs)
-        flow = _hooks.flow(instance, method, args, kwargs)
+        args, flow = _hooks.begin(method, instance, args, kwargs)
         if flow is None:
             return await wrapped(*args, **kwargs)
-        execute = _async_executor(flow.conn)
+        with flow.running():
+            result = await wrapped(*args, **kwargs)
         try:
-            with flow.calling():
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            flow.failed(exc)
-            raise
-        try:
+            execute = _async_executor(flow.conn)
             _hooks.keep(
                 instance, await run_async(flow.after(instance, instance.description), execute)
             )
@@ -157,10 +149,7 @@ async def _aclose(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
 
 
 def _stream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _reads.finish(instance)
-    if not is_instrumentation_enabled():
-        return wrapped(*args, **kwargs)
-    flow = _hooks.flow(instance, "execute", args, kwargs)
+    args, flow = _hooks.begin("execute", instance, args, kwargs)
     if flow is None:
         return wrapped(*args, **kwargs)
     try:
@@ -170,62 +159,79 @@ def _stream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
     return _streaming(flow, instance, wrapped(*args, **kwargs))
 
 
+def _astream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    args, flow = _hooks.begin("execute", instance, args, kwargs)
+    if flow is None:
+        return wrapped(*args, **kwargs)
+    return _astreaming(flow, instance, wrapped(*args, **kwargs))
+
+
+class _Stream:
+    """A streamed result as the application takes its rows: one read from the first row to
+    the end of the stream. The connection is busy streaming: no queries of ours meanwhile."""
+
+    def __init__(self, flow: Flow, cursor: Any) -> None:
+        self.flow = flow
+        self.cursor = cursor
+        self.slot = _Slot()
+        self.started = False
+
+    def _read(self) -> None:
+        self.slot.read = run_sync(
+            self.flow.after(self.cursor, self.cursor.description), _no_queries
+        )
+
+    def row(self, row: Any) -> None:
+        if not self.started:
+            self.started = True
+            try:
+                self._read()
+            except Exception:
+                _log.debug("recording the statement failed", exc_info=True)
+        if self.slot.read is not None:
+            observe_rows(self.slot, self.slot.read, [row], False)
+
+    def done(self) -> None:
+        if not self.started:
+            self._read()
+        if self.slot.read is not None:
+            observe_rows(self.slot, self.slot.read, [], True)
+
+
 def _streaming(flow: Flow, cursor: Any, rows: Iterator[Any]) -> Iterator[Any]:
     """Rows as the application takes them; the span ends when the stream does."""
-    slot = _Slot()
-    started = False
+    stream = _Stream(flow, cursor)
     try:
         while True:
             try:
                 with flow.calling():
                     row = next(rows)
             except StopIteration:
-                if not started:
-                    slot.read = run_sync(flow.after(cursor, cursor.description), _no_queries)
-                if slot.read is not None:
-                    observe_rows(slot, slot.read, [], True)
+                stream.done()
                 return
             except BaseException as exc:
                 flow.failed(exc)
                 raise
-            if not started:
-                started = True
-                try:  # the connection is busy streaming: no queries of ours now
-                    slot.read = run_sync(flow.after(cursor, cursor.description), _no_queries)
-                except Exception:
-                    _log.debug("recording the statement failed", exc_info=True)
-            if slot.read is not None:
-                observe_rows(slot, slot.read, [row], False)
+            stream.row(row)
             yield row
     finally:
         flow.obs.end()
 
 
-async def _astream_gen(flow: Flow, cursor: Any, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    slot = _Slot()
-    started = False
+async def _astreaming(flow: Flow, cursor: Any, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    stream = _Stream(flow, cursor)
     try:
         while True:
             try:
                 with flow.calling():
                     row = await rows.__anext__()
             except StopAsyncIteration:
-                if not started:
-                    slot.read = run_sync(flow.after(cursor, cursor.description), _no_queries)
-                if slot.read is not None:
-                    observe_rows(slot, slot.read, [], True)
+                stream.done()
                 return
             except BaseException as exc:
                 flow.failed(exc)
                 raise
-            if not started:
-                started = True
-                try:
-                    slot.read = run_sync(flow.after(cursor, cursor.description), _no_queries)
-                except Exception:
-                    _log.debug("recording the statement failed", exc_info=True)
-            if slot.read is not None:
-                observe_rows(slot, slot.read, [row], False)
+            stream.row(row)
             yield row
     finally:
         flow.obs.end()
@@ -233,16 +239,6 @@ async def _astream_gen(flow: Flow, cursor: Any, rows: AsyncIterator[Any]) -> Asy
 
 def _no_queries(sql: str, params: tuple[Any, ...]) -> Rows:
     raise RuntimeError("the connection is busy")
-
-
-def _astream(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    _reads.finish(instance)
-    if not is_instrumentation_enabled():
-        return wrapped(*args, **kwargs)
-    flow = _hooks.flow(instance, "execute", args, kwargs)
-    if flow is None:
-        return wrapped(*args, **kwargs)
-    return _astream_gen(flow, instance, wrapped(*args, **kwargs))
 
 
 # --------------------------------------------------------------------------- transactions
@@ -261,15 +257,8 @@ def _aending(outcome: str) -> Callable[..., Any]:
         state = _conn_state(instance)
         if state is None:
             return await wrapped(*args, **kwargs)
-        span = pg.txn_end_start(state, outcome)
-        try:
-            with _suppressed(span):
-                result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            pg.txn_end_done(state, span, outcome, _still_open(instance), exc)
-            raise
-        pg.txn_end_done(state, span, outcome, False)
-        return result
+        with pg.txn_ending(state, outcome, lambda: _still_open(instance)):
+            return await wrapped(*args, **kwargs)
 
     return wrapper
 
@@ -303,66 +292,36 @@ async def _atxn_enter(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> An
     return result
 
 
-def _exit_plan(instance: Any, args: Any) -> tuple[pg.PgState | None, bool, bool, str]:
-    state = _conn_state(instance.connection)
-    exc_type = args[0] if args else None
-    rolled = exc_type is not None or bool(getattr(instance, "force_rollback", False))
-    outer = bool(getattr(instance, "_outer_transaction", False))
-    return state, outer, rolled, str(instance.savepoint_name or "")
+def _exiting(instance: Any, args: Any) -> AbstractContextManager[None] | None:
+    """What the exit of a transaction block ends: the transaction, or a savepoint (nested)."""
+    try:
+        state = _conn_state(instance.connection)
+        if state is None:
+            return None
+        exc_type = args[0] if args else None
+        rolled = exc_type is not None or bool(getattr(instance, "force_rollback", False))
+        if not getattr(instance, "_outer_transaction", False):
+            return pg.savepoint_ending(state, str(instance.savepoint_name or ""), rolled)
+        outcome = "rollback" if rolled else "commit"
+        return pg.txn_ending(state, outcome, lambda: _still_open(instance.connection))
+    except Exception:
+        return None
 
 
 def _txn_exit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        state, outer, rolled, name = _exit_plan(instance, args)
-    except Exception:
-        state, outer, rolled, name = None, False, False, ""
-    if state is None:
+    ending = _exiting(instance, args)
+    if ending is None:
         return wrapped(*args, **kwargs)
-    if not outer:
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException:
-            pg.savepoint_end(state, name, True)
-            raise
-        pg.savepoint_end(state, name, rolled)
-        return result
-    outcome = "rollback" if rolled else "commit"
-    span = pg.txn_end_start(state, outcome)
-    try:
-        with _suppressed(span):
-            result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        pg.txn_end_done(state, span, outcome, _still_open(instance.connection), exc)
-        raise
-    pg.txn_end_done(state, span, outcome, False)
-    return result
+    with ending:
+        return wrapped(*args, **kwargs)
 
 
 async def _atxn_exit(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    try:
-        state, outer, rolled, name = _exit_plan(instance, args)
-    except Exception:
-        state, outer, rolled, name = None, False, False, ""
-    if state is None:
+    ending = _exiting(instance, args)
+    if ending is None:
         return await wrapped(*args, **kwargs)
-    if not outer:
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException:
-            pg.savepoint_end(state, name, True)
-            raise
-        pg.savepoint_end(state, name, rolled)
-        return result
-    outcome = "rollback" if rolled else "commit"
-    span = pg.txn_end_start(state, outcome)
-    try:
-        with _suppressed(span):
-            result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        pg.txn_end_done(state, span, outcome, _still_open(instance.connection), exc)
-        raise
-    pg.txn_end_done(state, span, outcome, False)
-    return result
+    with ending:
+        return await wrapped(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- instrumentor
@@ -426,11 +385,7 @@ def instrument_connection(
 
     psycopg connections are traced through psycopg's classes, so the instrumentor must be
     on; this only sets per-connection options. Returns the connection itself."""
-    tracer = _tracer
-    if tracer is None or tracer_provider is not None:
-        tracer = trace.get_tracer(__name__, pg.VERSION, tracer_provider=tracer_provider)
-    pg.configure_connection(connection, DRIVER, tracer, tier)
-    return connection
+    return pg.connection_options(connection, DRIVER, __name__, _tracer, tier, tracer_provider)
 
 
 def uninstrument_connection(connection: Any) -> Any:

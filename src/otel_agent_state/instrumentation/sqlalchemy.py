@@ -27,26 +27,18 @@ nothing: the driver span carries the facts.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import queue
 import re
-import secrets
 import threading
 import time
-import uuid
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -54,21 +46,34 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__, runtime
 from .. import attributes as A
 from ..config import FactRule, Settings, get_settings
-from ..errors import StaleReadError
-from ..model import VersionError, parse_version
-from ._sql import Statement, Value, analyse
+from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
+from ._dbapi import OPS as _OPS
+from ._dbapi import (
+    ObservationBase,
+    ObservedCursor,
+    Reaper,
+    RowStateCache,
+    Scopes,
+    Slot,
+    annotate,
+    insert_key,
+    row_version,
+    scope_end_spans,
+    statement_attrs,
+    txn_attrs,
+    where_keys,
+    where_pk,
+)
+from ._dbapi import key_part as _key_part
+from ._dbapi import quote as _quote
+from ._dbapi import suppressed as _suppressed
+from ._sql import Statement, analyse
 
 _log = logging.getLogger(__name__)
 
 _VERSION = __version__
 _INFO_KEY = "_agentstate_sqlalchemy"  # our state in the pool connection's `info` dict
 _CTX_ATTR = "_agentstate_pending"  # our per-statement note on the execution context
-_MAX_ROWS_PER_SPAN = 1_000
-_MAX_FACTS = 10_000
-_STATES_PER_FACT = 8
-_ROWID_ALIASES = ("rowid", "oid", "_rowid_")
-_OPS = {"SELECT": "read", "INSERT": "write", "REPLACE": "write", "UPDATE": "write"}
-_OPS["DELETE"] = "delete"
 # dialect.driver -> the module our driver instrumentations register with runtime.mark_driver.
 _DRIVER_MODULES = {
     "pysqlite": "sqlite3",
@@ -83,148 +88,10 @@ _DRIVER_MODULES = {
 _FLAGGING_DRIVERS = frozenset({"pysqlite", "aiosqlite", "pysqlcipher"})
 
 
-# --------------------------------------------------------------------------- encoding
-# Byte-identical with sqlite3.py's encoding (tests check it): the same row read through
-# SQLAlchemy or through the traced driver gets the same digest version.
-
-
-def _encode(value: object) -> bytes:
-    if value is None:
-        tag, body = b"N", b""
-    elif isinstance(value, bool):
-        tag, body = b"i", str(int(value)).encode()
-    elif isinstance(value, int):
-        tag, body = b"i", str(value).encode()
-    elif isinstance(value, float):
-        tag, body = b"f", value.hex().encode()
-    elif isinstance(value, str):
-        tag, body = b"s", value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        tag, body = b"b", bytes(value)
-    else:
-        tag, body = b"o", f"{type(value).__qualname__}:{value!r}".encode("utf-8", "replace")
-    return tag + str(len(body)).encode() + b":" + body
-
-
-def _row_bytes(kind: bytes, values: Mapping[str, object]) -> bytes:
-    parts = [kind]
-    for name in sorted(values):
-        encoded = name.encode("utf-8", "surrogatepass")
-        parts.append(str(len(encoded)).encode() + b":" + encoded + _encode(values[name]))
-    return b"".join(parts)
-
-
-def _column_digests(settings: Settings, values: Mapping[str, object]) -> dict[str, str]:
-    return {
-        name: settings.digest(_row_bytes(b"c", {name: value})) for name, value in values.items()
-    }
-
-
-def _time_version(text: str, moment: _dt.datetime) -> str:
-    try:
-        return parse_version(text).text
-    except VersionError:
-        whole = int(moment.replace(microsecond=0).timestamp())
-        return f"t:{whole * 1_000_000_000 + moment.microsecond * 1000}"
-
-
-def _version_value(settings: Settings, value: object) -> str:
-    """A configured version column's value as a version string (SPEC §3 kinds)."""
-    if isinstance(value, bool):
-        return f"n:{int(value)}"
-    if isinstance(value, int):
-        return f"n:{value}"
-    if isinstance(value, float):  # epoch seconds
-        return f"t:{round(value * 1e9)}"
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return f"n:{int(text)}"
-        try:
-            return parse_version(f"t:{text}").text
-        except VersionError:
-            pass
-        try:
-            parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return _time_version(f"t:{text}", parsed)
-    if isinstance(value, _dt.datetime) and value.tzinfo is not None:
-        return _time_version(f"t:{value.isoformat()}", value)
-    return settings.digest(_row_bytes(b"v", {"": value}))
-
-
-def _key_part(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        text = bytes(value).hex()
-    elif value is None:
-        text = "null"
-    else:
-        text = str(value)
-    return text.replace("%", "%25").replace("/", "%2F").replace(",", "%2C")
-
-
-class _RowStates:
-    """Per-column digests of recent row states (bounded LRU), so a projection read maps to
-    the full row's version. Holds keyed digests only, never values."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._data: OrderedDict[str, deque[tuple[str, dict[str, str]]]] = OrderedDict()
-        self._key: bytes | None = None
-
-    def _check(self, settings: Settings) -> None:
-        if self._key != settings.digest_key:
-            self._data.clear()
-            self._key = settings.digest_key
-
-    def add(self, settings: Settings, fact: str, version: str, digests: dict[str, str]) -> None:
-        with self._lock:
-            self._check(settings)
-            states = self._data.get(fact)
-            if states is None:
-                states = self._data[fact] = deque(maxlen=_STATES_PER_FACT)
-            self._data.move_to_end(fact)
-            if not states or states[-1] != (version, digests):
-                states.append((version, digests))
-            while len(self._data) > _MAX_FACTS:
-                self._data.popitem(last=False)
-
-    def match(self, settings: Settings, fact: str, digests: dict[str, str]) -> str | None:
-        with self._lock:
-            self._check(settings)
-            for version, known in reversed(self._data.get(fact, ())):
-                if all(known.get(name) == digest for name, digest in digests.items()):
-                    return version
-            return None
-
-
-_row_states = _RowStates()
-
-
-def _full_version(
-    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
-) -> str:
-    column = rule.version.column.lower() if rule and rule.version.column else None
-    if column is not None and column in values:
-        version = _version_value(settings, values[column])
-    else:
-        version = settings.digest(_row_bytes(b"r", values))
-    _row_states.add(settings, physical, version, _column_digests(settings, values))
-    return version
-
-
-def _projection_version(
-    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
-) -> str:
-    column = rule.version.column.lower() if rule and rule.version.column else None
-    if column is not None and column in values:
-        return _version_value(settings, values[column])
-    known = _row_states.match(settings, physical, _column_digests(settings, values))
-    return known if known is not None else settings.digest(_row_bytes(b"p", values))
+# Rows are encoded and versioned by the drivers' code (`_dbapi`): the same row read through
+# SQLAlchemy or through a traced driver gets the same digest version. The projection cache is
+# this layer's own, as it always was.
+_row_states = RowStateCache()
 
 
 # --------------------------------------------------------------------------- SQL text
@@ -297,10 +164,6 @@ def _placeholders(paramstyle: str, count: int) -> list[str]:
     return ["?"] * count  # qmark; `named` drivers (none common) also take a sequence here
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 # --------------------------------------------------------------------------- engine facts
 
 
@@ -312,19 +175,6 @@ class _Table:
     integer_pk: bool
     key_name: str  # fact-key form, as the driver instrumentations have it
     sql_name: str  # quoted, schema-qualified where the schema is known
-
-
-@contextmanager
-def _suppressed(span: Span | None = None) -> Iterator[None]:
-    """Driver calls of ours: instrumentation suppressed (no inner spans from contrib)."""
-    ctx = otel_context.get_current()
-    if span is not None:
-        ctx = trace.set_span_in_context(span, ctx)
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
 
 
 def _query(
@@ -506,70 +356,12 @@ def _engine_info(conn: Any) -> _EngineInfo:
 # --------------------------------------------------------------------------- connection state
 
 
-class _Scopes:
-    """A transaction and its savepoints, each a mutation scope of its own (the model the
-    psycopg instrumentation uses): ROLLBACK TO discards the savepoint's scopes at once,
-    RELEASE folds them into the enclosing scope, whose outcome they share at the end."""
-
-    def __init__(self) -> None:
-        self.txn_id: str | None = None
-        self.stack: list[tuple[str, str]] = []  # (savepoint name lower case, scope id)
-        self.written: list[str] = []  # scope ids with writes, in order
-
-    def begin(self) -> None:
-        if self.txn_id is None:
-            self.txn_id, self.stack, self.written = uuid.uuid4().hex, [], []
-
-    def wrote(self) -> str:
-        self.begin()
-        scope = self.stack[-1][1] if self.stack else self.txn_id
-        assert scope is not None
-        if scope not in self.written:
-            self.written.append(scope)
-        return scope
-
-    def savepoint(self, name: str) -> None:
-        self.begin()
-        self.stack.append((name.lower(), uuid.uuid4().hex))
-
-    def _index(self, name: str) -> int | None:
-        name = name.lower()
-        for index in range(len(self.stack) - 1, -1, -1):
-            if self.stack[index][0] == name:
-                return index
-        return None
-
-    def release(self, name: str) -> None:
-        index = self._index(name)
-        if index is not None:
-            del self.stack[index:]
-
-    def rollback_to(self, name: str) -> list[str]:
-        index = self._index(name)
-        if index is None:
-            return []
-        dropped = {scope for _, scope in self.stack[index:]}
-        del self.stack[index + 1 :]
-        self.stack[index] = (self.stack[index][0], uuid.uuid4().hex)
-        gone = [s for s in self.written if s in dropped]
-        self.written = [s for s in self.written if s not in dropped]
-        return gone
-
-    def end(self) -> tuple[str | None, list[str]]:
-        """(transaction id if anything was written, savepoint scopes with writes); reset."""
-        txn, written = self.txn_id, list(self.written)
-        self.txn_id, self.stack, self.written = None, [], []
-        if not written:
-            return None, []
-        return txn, [s for s in written if s != txn]
-
-
 @dataclass
 class _ConnState:
     """Transaction bookkeeping of one DBAPI connection (kept in the pool record's info)."""
 
     lock: threading.RLock = field(default_factory=threading.RLock)
-    scopes: _Scopes = field(default_factory=_Scopes)
+    scopes: Scopes = field(default_factory=Scopes)
     pending: Span | None = None  # COMMIT/ROLLBACK span waiting for the DBAPI call
     pending_outcome: str | None = None
     tracer: trace.Tracer | None = None  # of the last write, for a discarded transaction's span
@@ -680,7 +472,7 @@ class _Pending:
     listeners: _Listeners
 
 
-class _Observation:
+class _Observation(ObservationBase):
     """One statement's span: ours, or contrib's annotated (plus a short read span of ours
     for the rows fetched after contrib's span ended)."""
 
@@ -694,7 +486,8 @@ class _Observation:
         # An engine or connection can declare its tier: execution_options(agentstate_tier=...).
         option = _option(context, "agentstate_tier")
         self.tier_set = option is not None
-        self.tier = option or "primary"
+        self.default_tier = "primary"
+        self.tier = option or self.default_tier
         self.read_span: Span | None = None
         self.read_facts: dict[str, str] = {}
         self.rows_seen = 0
@@ -707,28 +500,14 @@ class _Observation:
             if stmt.table and stmt.operation in _OPS
             else None
         )
-        attrs: dict[str, Any] = {
-            A.STORE: store,
-            A.DB_SYSTEM_NAME: store,
-            A.DB_NAMESPACE: self.namespace,
-            A.DB_OPERATION_NAME: stmt.operation,
-            A.DB_QUERY_SUMMARY: stmt.summary,
-        }
-        if stmt.table:
-            attrs[A.DB_COLLECTION_NAME] = self.table.name if self.table else stmt.table
+        collection = (self.table.name if self.table else stmt.table) if stmt.table else None
+        attrs = statement_attrs(store, self.namespace, stmt, stmt.summary, collection, self.tier)
         op = _OPS.get(stmt.operation)
-        if op is not None:
-            attrs[A.OP] = op
-            attrs[A.TIER] = self.tier
         contrib = _contrib_span(context)
         if contrib is not None and contrib.is_recording():
             self.span = contrib
             self.own = False
-            present = getattr(contrib, "attributes", None) or {}
-            for key, value in attrs.items():
-                if not (key.startswith("db.") and key in present):
-                    contrib.set_attribute(key, value)
-            runtime.attribute_agent(contrib)
+            annotate(contrib, attrs)
         else:
             name = stmt.summary
             if contrib is not None:  # contrib's span already ended: ours must not be a db span
@@ -738,15 +517,6 @@ class _Observation:
                 name, kind=SpanKind.CLIENT, attributes=attrs, start_time=pending.start_ns
             )
             self.own = True
-
-    def _set(self, key: str, value: Any) -> None:
-        for span in (self.span, self.read_span):
-            if span is not None and span.is_recording():
-                span.set_attribute(key, value)
-
-    @property
-    def reads_span(self) -> Span:
-        return self.read_span if self.read_span is not None else self.span
 
     def open_read_span(self) -> None:
         if self.own or self.read_span is not None:
@@ -759,14 +529,6 @@ class _Observation:
             attributes={A.STORE: self.engine.store, A.TIER: self.tier, A.OP: "read"},
         )
 
-    def fact(self, settings: Settings, physical: str) -> tuple[str, FactRule | None]:
-        resolved = settings.resolve(physical)
-        if not self.tier_set and resolved.rule is not None:
-            self.tier_set = True
-            self.tier = resolved.tier or "primary"
-            self._set(A.TIER, self.tier)
-        return resolved.key, resolved.rule
-
     def _table_part(self) -> str:
         # As the driver instrumentations key rows (PostgreSQL: `schema.table` outside public).
         return self.table.key_name if self.table else (self.stmt.table or "")
@@ -777,17 +539,6 @@ class _Observation:
 
     def table_key(self) -> str:
         return f"{self.engine.store}:{self.namespace}/{self._table_part()}"
-
-    def unresolved(self, reason: str) -> None:
-        self._set(A.UNRESOLVED, reason)
-
-    def record_reads(self) -> None:
-        span = self.reads_span
-        if not span.is_recording():
-            return
-        span.set_attribute(A.READ_FACTS, list(self.read_facts))
-        span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
-        span.set_attribute(A.CONSISTENCY, get_settings().consistency_label(self.read_facts))
 
     def fail(self, exc: BaseException) -> None:
         try:
@@ -816,25 +567,6 @@ class _Observation:
 
 
 # --------------------------------------------------------------------------- reads
-
-
-def _where_pk(stmt: Statement, pk: tuple[str, ...], params: object) -> list[object] | None:
-    if not pk:
-        return None
-    pins: dict[str, Value] = {}
-    for column, value in stmt.where:
-        pins.setdefault(column.lower(), value)
-    values: list[object] = []
-    for column in pk:
-        names = _ROWID_ALIASES if column == "rowid" else (column,)
-        pin = next((pins[n] for n in names if n in pins), None)
-        if pin is None:
-            return None
-        found, resolved = pin.resolve(params)
-        if not found:
-            return None
-        values.append(resolved)
-    return values
 
 
 class _Read:
@@ -868,7 +600,7 @@ class _Read:
                 mapped = [n.lower() if n.lower() in table.columns else None for n in self.names]
             self.columns = [c if c is not None and c in table.columns else None for c in mapped]
             self.pk = table.pk
-            self.where_pk = _where_pk(stmt, self.pk, params)
+            self.where_pk = where_pk(stmt, self.pk, params)
             self.point = self.where_pk is not None and stmt.where_reason is None
             projected = set(self.columns)
             self.trackable = self.where_pk is not None or set(self.pk) <= projected
@@ -896,10 +628,7 @@ class _Read:
                 pk_values = list(self.where_pk)
             physical = obs.physical(pk_values)
             fact, rule = obs.fact(settings, physical)
-            if self.full:
-                version = _full_version(settings, rule, physical, values)
-            else:
-                version = _projection_version(settings, rule, physical, values)
+            version = row_version(settings, rule, physical, values, self.full, _row_states)
             obs.read_facts.pop(fact, None)
             obs.read_facts[fact] = version
         obs.record_reads()
@@ -925,56 +654,18 @@ class _Read:
             self.obs.record_reads()
 
 
-# Proxies that are garbage-collected end their open read span. A weakref callback may run
-# anywhere (even inside a span processor holding its lock): it only enqueues.
-_reap: queue.SimpleQueue[_Observation] = queue.SimpleQueue()
-_reaper_lock = threading.Lock()
-_reaper: threading.Thread | None = None
+# Proxies that are garbage-collected end their open read span (on this thread).
+_reaper = Reaper("agentstate-sqlalchemy")
 
 
-def _reaper_loop() -> None:
-    while True:
-        obs = _reap.get()
-        try:
-            obs.end()
-        except Exception:
-            _log.debug("ending a collected result's span failed", exc_info=True)
-
-
-def _start_reaper() -> None:
-    global _reaper
-    with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(
-                target=_reaper_loop, name="agentstate-sqlalchemy", daemon=True
-            )
-            _reaper.start()
-
-
-class _Slot:
-    __slots__ = ("read",)
-
-    def __init__(self, read: _Read) -> None:
-        self.read: _Read | None = read
-
-    def collected(self) -> None:
-        read = self.read
-        if read is not None and not read.obs.ended:
-            _reap.put(read.obs)
-
-
-class _FetchingCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
+class _FetchingCursor(ObservedCursor):
     """The DBAPI cursor as SQLAlchemy's result sees it: rows are recorded as they are
     fetched, the read guard runs before they go up, the span ends when the result is done."""
 
+    _self_slot: Slot[_Read]
+
     def __init__(self, cursor: Any, read: _Read) -> None:
-        super().__init__(cursor)
-        self._self_slot = _Slot(read)
-        try:
-            _start_reaper()
-            weakref.finalize(self, self._self_slot.collected)
-        except Exception:
-            _log.debug("cannot watch result collection", exc_info=True)
+        super().__init__(cursor, Slot(_reaper, read))
 
     def fetchone(self) -> Any:
         row = self.__wrapped__.fetchone()
@@ -983,59 +674,12 @@ class _FetchingCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
             self._observe(read, [] if row is None else [row], done=row is None)
         return row
 
-    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = self.__wrapped__.fetchmany(*args, **kwargs)
-        read = self._self_slot.read
-        if read is not None:
-            size = args[0] if args else kwargs.get("size", getattr(self, "arraysize", 1))
-            short = not isinstance(size, int) or len(rows) < size
-            self._observe(read, rows, done=short)
-        return rows
-
-    def fetchall(self) -> Any:
-        rows = self.__wrapped__.fetchall()
-        read = self._self_slot.read
-        if read is not None:
-            self._observe(read, rows, done=True)
-        return rows
-
     def __iter__(self) -> Iterator[Any]:
         while True:
             row = self.fetchone()
             if row is None:
                 return
             yield row
-
-    def close(self) -> Any:
-        self._finish()
-        return self.__wrapped__.close()
-
-    def _observe(self, read: _Read, rows: Sequence[Any], done: bool) -> None:
-        try:
-            if rows:
-                read.rows(rows)
-            elif done:
-                read.missing()
-        except Exception:
-            _log.debug("recording fetched rows failed", exc_info=True)
-        try:
-            if rows or (done and read.obs.read_facts):
-                runtime.guard_read(read.obs.reads_span)
-        except StaleReadError as exc:
-            self._self_slot.read = None
-            read.obs.fail(exc)
-            raise
-        except Exception:
-            _log.debug("read guard failed", exc_info=True)
-        if done:
-            self._self_slot.read = None
-            read.obs.end()
-
-    def _finish(self) -> None:
-        read = self._self_slot.read
-        if read is not None:
-            self._self_slot.read = None
-            read.obs.end()
 
 
 # --------------------------------------------------------------------------- writes
@@ -1059,14 +703,8 @@ def _pinned_writes(
         for params in params_list:
             for row in stmt.insert_rows:
                 by_column = dict(zip(columns, row, strict=False))
-                key: list[object] = []
-                for name in pk:
-                    value = by_column.get(name)
-                    found, resolved = value.resolve(params) if value else (False, None)
-                    if not found or resolved is None:
-                        break
-                    key.append(resolved)
-                if len(key) == len(pk):
+                key = insert_key(by_column, pk, params)
+                if key is not None:
                     keys.append(key)
                     continue
                 last = getattr(cursor, "lastrowid", None)
@@ -1085,23 +723,12 @@ def _pinned_writes(
         return keys, None
     if stmt.operation == "UPDATE" and {c.lower() for c in stmt.set_columns} & set(pk):
         return [], "primary key updated"
-    if not stmt.has_where:
-        return [], "no where clause"
-    for params in params_list:
-        values = _where_pk(stmt, pk, params)
-        if values is None:
-            return [], stmt.where_reason or "rows not pinned by primary key"
-        keys.append(values)
-    return keys, None
+    return where_keys(stmt, pk, params_list)
 
 
 def _table_level_write(obs: _Observation, reason: str) -> None:
     """A write whose rows we cannot name: the table as the fact, a fresh version."""
-    settings = get_settings()
-    fact, _ = obs.fact(settings, obs.table_key())
-    obs.span.set_attribute(A.WRITE_FACTS, [fact])
-    obs.span.set_attribute(A.WRITE_VERSIONS, [settings.digest(secrets.token_bytes(16))])
-    obs.unresolved(reason)
+    obs.set_writes(obs.table_write(get_settings(), reason))
 
 
 def _record_writes(
@@ -1109,12 +736,10 @@ def _record_writes(
 ) -> None:
     settings = get_settings()
     keys, reason = _pinned_writes(obs, params_list, cursor)
-    facts: dict[str, str] = {}
     if reason is not None or not keys:
-        fact, _ = obs.fact(settings, obs.table_key())
-        facts[fact] = settings.digest(secrets.token_bytes(16))
-        obs.unresolved(reason or "no rows")
+        facts = obs.table_write(settings, reason or "no rows")
     else:
+        facts = {}
         table = obs.table
         assert table is not None
         marks = _placeholders(obs.engine.paramstyle, len(table.pk))
@@ -1125,8 +750,7 @@ def _record_writes(
             fact, rule = obs.fact(settings, physical)
             facts.pop(fact, None)
             facts[fact] = _current_version(obs, settings, rule, physical, query, key)
-    obs.span.set_attribute(A.WRITE_FACTS, list(facts))
-    obs.span.set_attribute(A.WRITE_VERSIONS, list(facts.values()))
+    obs.set_writes(facts)
 
 
 def _current_version(
@@ -1143,7 +767,8 @@ def _current_version(
         return "none"
     row = rows[0]
     names = getattr(row, "names", [])
-    return _full_version(settings, rule, physical, dict(zip(names, row, strict=False)))
+    values = dict(zip(names, row, strict=False))
+    return row_version(settings, rule, physical, values, True, _row_states)
 
 
 # --------------------------------------------------------------------------- transactions
@@ -1155,14 +780,9 @@ def _txn_after(obs: _Observation, conn: Any, wrote: bool) -> None:
     with state.lock:
         in_txn = _in_transaction(conn)
         scopes = state.scopes
-        if in_txn and stmt.savepoint is not None:
-            if stmt.operation == "SAVEPOINT":
-                scopes.savepoint(stmt.savepoint)
-            elif stmt.operation == "RELEASE":
-                scopes.release(stmt.savepoint)
-            elif stmt.operation == "ROLLBACK":
-                gone = scopes.rollback_to(stmt.savepoint)
-                _scope_ends(obs.tracer, obs.engine.store, obs.span, gone, "rollback")
+        if in_txn:
+            gone = scopes.follow(stmt)
+            _scope_ends(obs.tracer, obs.engine.store, obs.span, gone, "rollback")
         if wrote and in_txn:
             state.tracer, state.store = obs.tracer, obs.engine.store
             state.attrs = _txn_attrs(obs.engine, "ROLLBACK")
@@ -1175,19 +795,10 @@ def _txn_after(obs: _Observation, conn: Any, wrote: bool) -> None:
 def _scope_ends(
     tracer: trace.Tracer | None, store: str, parent: Span, scopes: list[str], outcome: str
 ) -> None:
-    """Savepoint scopes ending (with their transaction, or rolled back): short child spans
-    without `db.*` attributes, so they are not taken for database operations."""
-    for scope in scopes:
-        try:
-            span = (tracer or trace.get_tracer(__name__, _VERSION)).start_span(
-                "agentstate.savepoint",
-                context=trace.set_span_in_context(parent),
-                kind=SpanKind.INTERNAL,
-                attributes={A.STORE: store, A.TXN_ID: scope, A.TXN_OUTCOME: outcome},
-            )
-            span.end()
-        except Exception:
-            _log.debug("reporting a savepoint scope failed", exc_info=True)
+    """Savepoint scopes ending (with their transaction, or rolled back)."""
+    if scopes:
+        tracer = tracer or trace.get_tracer(__name__, _VERSION)
+        scope_end_spans(tracer, store, parent, scopes, outcome)
 
 
 def _txn_attrs(engine: _EngineInfo, operation: str) -> dict[str, Any]:
@@ -1195,13 +806,7 @@ def _txn_attrs(engine: _EngineInfo, operation: str) -> dict[str, Any]:
     if engine.namespaces is not None:
         namespace = engine.namespaces.get("main" if engine.dialect_name == "sqlite" else "", "")
         namespace = namespace or str(engine.database or "main")
-    return {
-        A.STORE: engine.store,
-        A.DB_SYSTEM_NAME: engine.store,
-        A.DB_NAMESPACE: namespace,
-        A.DB_OPERATION_NAME: operation,
-        A.DB_QUERY_SUMMARY: operation,
-    }
+    return txn_attrs(engine.store, namespace, operation)
 
 
 def _start_txn_end(conn: Any, outcome: str, tracer: trace.Tracer) -> None:

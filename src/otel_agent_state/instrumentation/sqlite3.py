@@ -17,25 +17,19 @@ guard; the application's own sqlite3 errors propagate unchanged.
 
 from __future__ import annotations
 
-import datetime as _dt
 import logging
-import queue
 import secrets
 import sqlite3
 import threading
 import uuid
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
 import wrapt
-from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
@@ -43,161 +37,33 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__, runtime
 from .. import attributes as A
 from ..config import FactRule, Settings, get_settings
-from ..errors import StaleReadError
-from ..model import VersionError, parse_version
-from ._sql import Statement, Value, analyse, split_statements
+from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
+from ._dbapi import ROWID_ALIASES as _ROWID_ALIASES
+from ._dbapi import (
+    ObservationBase,
+    ObservedCursor,
+    Reaper,
+    Slot,
+    annotate,
+    insert_key,
+    replace_link,
+    row_version,
+    statement_attrs,
+    where_keys,
+    where_pk,
+    wrapper_chain,
+)
+from ._dbapi import key_part as _key_part
+from ._dbapi import quote as _quote
+from ._dbapi import row_states as row_states  # tests clear it
+from ._dbapi import suppressed as _suppressed
+from ._sql import Statement, analyse, split_statements
 
 _log = logging.getLogger(__name__)
 
 STORE = "sqlite"
 _VERSION = __version__
 _CONTRIB_PREFIX = "opentelemetry.instrumentation."
-_ROWID_ALIASES = ("rowid", "oid", "_rowid_")
-_MAX_FACTS = 10_000
-_STATES_PER_FACT = 8
-_MAX_ROWS_PER_SPAN = 1_000  # facts recorded on one span; later rows are not tracked
-
-
-# --------------------------------------------------------------------------- encoding
-
-
-def _encode(value: object) -> bytes:
-    """Canonical, type-tagged, length-prefixed encoding of one SQL value (never exported)."""
-    if value is None:
-        tag, body = b"N", b""
-    elif isinstance(value, bool):
-        tag, body = b"i", str(int(value)).encode()
-    elif isinstance(value, int):
-        tag, body = b"i", str(value).encode()
-    elif isinstance(value, float):
-        tag, body = b"f", value.hex().encode()
-    elif isinstance(value, str):
-        tag, body = b"s", value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, (bytes, bytearray, memoryview)):
-        tag, body = b"b", bytes(value)
-    else:
-        tag, body = b"o", f"{type(value).__qualname__}:{value!r}".encode("utf-8", "replace")
-    return tag + str(len(body)).encode() + b":" + body
-
-
-def _row_bytes(kind: bytes, values: Mapping[str, object]) -> bytes:
-    parts = [kind]
-    for name in sorted(values):
-        encoded = name.encode("utf-8", "surrogatepass")
-        parts.append(str(len(encoded)).encode() + b":" + encoded + _encode(values[name]))
-    return b"".join(parts)
-
-
-def _column_digests(settings: Settings, values: Mapping[str, object]) -> dict[str, str]:
-    return {
-        name: settings.digest(_row_bytes(b"c", {name: value})) for name, value in values.items()
-    }
-
-
-def _time_version(text: str, moment: _dt.datetime) -> str:
-    """`t:<the column's text>` when it is RFC 3339, else the same instant in epoch ns
-    (forms Python accepts but RFC 3339 does not: `+0000`, no seconds, ...)."""
-    try:
-        return parse_version(text).text
-    except VersionError:
-        whole = int(moment.replace(microsecond=0).timestamp())
-        return f"t:{whole * 1_000_000_000 + moment.microsecond * 1000}"
-
-
-def _version_value(settings: Settings, value: object) -> str:
-    """A configured version column's value as a version string (SPEC §3 kinds)."""
-    if isinstance(value, bool):
-        return f"n:{int(value)}"
-    if isinstance(value, int):
-        return f"n:{value}"
-    if isinstance(value, float):  # epoch seconds
-        return f"t:{round(value * 1e9)}"
-    if isinstance(value, str):
-        text = value.strip()
-        if text.lstrip("-").isdigit():
-            return f"n:{int(text)}"
-        try:  # RFC 3339 as we parse it everywhere (any Python), else what Python accepts
-            return parse_version(f"t:{text}").text
-        except VersionError:
-            pass
-        try:
-            parsed = _dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            parsed = None
-        if parsed is not None and parsed.tzinfo is not None:
-            return _time_version(f"t:{text}", parsed)
-    if isinstance(value, _dt.datetime) and value.tzinfo is not None:
-        return _time_version(f"t:{value.isoformat()}", value)
-    return settings.digest(_row_bytes(b"v", {"": value}))
-
-
-def _key_part(value: object) -> str:
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        text = bytes(value).hex()
-    elif value is None:
-        text = "null"
-    else:
-        text = str(value)
-    # `/` separates key segments and `,` composite key parts.
-    return text.replace("%", "%25").replace("/", "%2F").replace(",", "%2C")
-
-
-# --------------------------------------------------------------------------- row-state cache
-
-
-class RowStateCache:
-    """Per-column digests of recent row states, so a projection read maps to a full version.
-
-    Bounded LRU (facts x states); holds only keyed digests, never values. Entries made
-    under another digest key are dropped when the settings change.
-    """
-
-    def __init__(self, max_facts: int = _MAX_FACTS, depth: int = _STATES_PER_FACT) -> None:
-        self._max = max_facts
-        self._depth = depth
-        self._lock = threading.Lock()
-        self._data: OrderedDict[str, deque[tuple[str, dict[str, str]]]] = OrderedDict()
-        self._key: bytes | None = None
-
-    def _check(self, settings: Settings) -> None:
-        if self._key != settings.digest_key:
-            self._data.clear()
-            self._key = settings.digest_key
-
-    def add(self, settings: Settings, fact: str, version: str, digests: dict[str, str]) -> None:
-        with self._lock:
-            self._check(settings)
-            states = self._data.get(fact)
-            if states is None:
-                states = self._data[fact] = deque(maxlen=self._depth)
-            self._data.move_to_end(fact)
-            if states and states[-1] == (version, digests):
-                return
-            states.append((version, digests))
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
-
-    def match(self, settings: Settings, fact: str, digests: dict[str, str]) -> str | None:
-        """The newest known state of `fact` whose columns match `digests`."""
-        with self._lock:
-            self._check(settings)
-            states = self._data.get(fact)
-            if not states:
-                return None
-            self._data.move_to_end(fact)
-            for version, known in reversed(states):
-                if all(known.get(name) == digest for name, digest in digests.items()):
-                    return version
-            return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-row_states = RowStateCache()
 
 
 # --------------------------------------------------------------------------- connection state
@@ -295,23 +161,6 @@ def _meta(raw: Any, query: str, params: tuple[object, ...] = ()) -> list[tuple[A
             cursor.close()
 
 
-def _quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-@contextmanager
-def _suppressed(span: Span | None = None) -> Iterator[None]:
-    """Run sqlite3 with instrumentation suppressed (no duplicate inner spans), `span` current."""
-    ctx = otel_context.get_current()
-    if span is not None:
-        ctx = trace.set_span_in_context(span, ctx)
-    token = otel_context.attach(otel_context.set_value(_SUPPRESS_INSTRUMENTATION_KEY, True, ctx))
-    try:
-        yield
-    finally:
-        otel_context.detach(token)
-
-
 def _innermost(obj: Any) -> Any:
     """Follow proxy `__wrapped__` chains (ours, contrib's) down to the sqlite3 object.
 
@@ -346,16 +195,7 @@ def _contrib_span(span: Span) -> bool:
 # --------------------------------------------------------------------------- observations
 
 
-_OPS = {
-    "SELECT": "read",
-    "INSERT": "write",
-    "REPLACE": "write",
-    "UPDATE": "write",
-    "DELETE": "delete",
-}
-
-
-class _Observation:
+class _Observation(ObservationBase):
     """One statement's span: ours (we end it) or a contrib span we annotate.
 
     A contrib span ends when execute() returns, before the application fetches. For a
@@ -380,45 +220,18 @@ class _Observation:
         table = state.table(stmt.schema, stmt.table) if stmt.table else None
         self.table = table
         summary = name or stmt.summary
-        attrs: dict[str, Any] = {
-            A.STORE: self.store,
-            A.DB_SYSTEM_NAME: self.store,
-            A.DB_NAMESPACE: namespace,
-            A.DB_OPERATION_NAME: stmt.operation,
-            A.DB_QUERY_SUMMARY: summary,
-        }
-        if stmt.table:
-            attrs[A.DB_COLLECTION_NAME] = table.name if table else stmt.table
-        op = _OPS.get(stmt.operation)
-        if op is not None:
-            attrs[A.OP] = op
-            attrs[A.TIER] = self.tier
+        collection = (table.name if table else stmt.table) if stmt.table else None
+        attrs = statement_attrs(self.store, namespace, stmt, summary, collection, self.tier)
         current = trace.get_current_span()
         if _contrib_span(current):
             self.span = current
             self.own = False
-            present = getattr(current, "attributes", None) or {}
-            for key, value in attrs.items():
-                # Both sets of attributes: contrib's db.* values (e.g. its db.namespace) stay.
-                if not (key.startswith("db.") and key in present):
-                    current.set_attribute(key, value)
-            runtime.attribute_agent(current)
+            annotate(current, attrs)  # both sets of attributes
         else:
             self.span = state.tracer.start_span(summary, kind=SpanKind.CLIENT, attributes=attrs)
             self.own = True
         self.read_facts: dict[str, str] = {}
         self.rows_seen = 0
-
-    def _set(self, key: str, value: Any) -> None:
-        """Set on our span(s) that are still open (never on an ended contrib span)."""
-        for span in (self.span, self.read_span):
-            if span is not None and span.is_recording():
-                span.set_attribute(key, value)
-
-    @property
-    def reads_span(self) -> Span:
-        """The span that carries the fetched rows' facts and is checked by the read guard."""
-        return self.read_span if self.read_span is not None else self.span
 
     def open_read_span(self) -> None:
         """Contrib span outermost: our read span for the rows the application will fetch.
@@ -436,14 +249,6 @@ class _Observation:
             attributes={A.STORE: self.store, A.TIER: self.tier, A.OP: "read"},
         )
 
-    def fact(self, settings: Settings, physical: str) -> tuple[str, FactRule | None]:
-        resolved = settings.resolve(physical)
-        if not self.tier_set and resolved.rule is not None:
-            self.tier_set = True
-            self.tier = resolved.tier or self.default_tier
-            self._set(A.TIER, self.tier)
-        return resolved.key, resolved.rule
-
     def physical(self, pk_values: Sequence[object]) -> str:
         table = self.table.name if self.table else (self.stmt.table or "")
         key = ",".join(_key_part(v) for v in pk_values)
@@ -452,17 +257,6 @@ class _Observation:
     def table_key(self) -> str:
         table = self.table.name if self.table else (self.stmt.table or "")
         return f"{self.store}:{self.namespace}/{table}"
-
-    def unresolved(self, reason: str) -> None:
-        self._set(A.UNRESOLVED, reason)
-
-    def record_reads(self) -> None:
-        span = self.reads_span
-        if not span.is_recording():  # an annotated contrib span may have ended already
-            return
-        span.set_attribute(A.READ_FACTS, list(self.read_facts))
-        span.set_attribute(A.READ_VERSIONS, list(self.read_facts.values()))
-        span.set_attribute(A.CONSISTENCY, get_settings().consistency_label(self.read_facts))
 
     def fail(self, exc: BaseException) -> None:
         try:
@@ -488,52 +282,7 @@ class _Observation:
             self.span.end()
 
 
-def _full_version(
-    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
-) -> str:
-    """Version of a complete row state; remembers its column digests for projection reads."""
-    column = rule.version.column.lower() if rule and rule.version.column else None
-    if column is not None and column in values:
-        version = _version_value(settings, values[column])
-    else:
-        version = settings.digest(_row_bytes(b"r", values))
-    row_states.add(settings, physical, version, _column_digests(settings, values))
-    return version
-
-
-def _projection_version(
-    settings: Settings, rule: FactRule | None, physical: str, values: Mapping[str, object]
-) -> str:
-    column = rule.version.column.lower() if rule and rule.version.column else None
-    if column is not None and column in values:
-        return _version_value(settings, values[column])
-    known = row_states.match(settings, physical, _column_digests(settings, values))
-    return known if known is not None else settings.digest(_row_bytes(b"p", values))
-
-
 # --------------------------------------------------------------------------- reads
-
-
-def _where_pk(
-    stmt: Statement, pk: tuple[str, ...], params: object
-) -> tuple[list[object] | None, bool]:
-    """(pk values pinned by the WHERE equalities, whether that makes it a point lookup)."""
-    if not pk:
-        return None, False
-    pins: dict[str, Value] = {}
-    for column, value in stmt.where:
-        pins.setdefault(column.lower(), value)
-    values: list[object] = []
-    for column in pk:
-        names = _ROWID_ALIASES if column == "rowid" else (column,)
-        pin = next((pins[n] for n in names if n in pins), None)
-        if pin is None:
-            return None, False
-        found, resolved = pin.resolve(params)
-        if not found:
-            return None, False
-        values.append(resolved)
-    return values, True
 
 
 class _Read:
@@ -570,8 +319,8 @@ class _Read:
                 for c in mapped
             ]
             self.pk = table.pk or ("rowid",)
-            self.where_pk, pinned = _where_pk(stmt, self.pk, params)
-            self.point = pinned and stmt.where_reason is None
+            self.where_pk = where_pk(stmt, self.pk, params)
+            self.point = self.where_pk is not None and stmt.where_reason is None
             projected = set(self.columns)
             has_pk_columns = all(
                 (c in projected) or (c == "rowid" and projected & set(_ROWID_ALIASES))
@@ -610,10 +359,7 @@ class _Read:
             physical = self.obs.physical(pk_values)
             fact, rule = self.obs.fact(settings, physical)
             data = {k: v for k, v in values.items() if k not in _ROWID_ALIASES or k in self.pk}
-            if self.full:
-                version = _full_version(settings, rule, physical, data)
-            else:
-                version = _projection_version(settings, rule, physical, data)
+            version = row_version(settings, rule, physical, data, self.full)
             self.obs.read_facts.pop(fact, None)
             self.obs.read_facts[fact] = version
         self.obs.record_reads()
@@ -643,83 +389,30 @@ class _Read:
 # --------------------------------------------------------------------------- span reaper
 
 
-# Cursor proxies that are garbage-collected end their open SELECT span. weakref callbacks may
-# run inside any code (even a span processor holding its lock), so they only enqueue
-# (SimpleQueue.put is reentrant) and a daemon thread ends the span.
-_reap: queue.SimpleQueue[_Observation] = queue.SimpleQueue()
-_reaper_lock = threading.Lock()
-_reaper: threading.Thread | None = None
+# Cursor proxies that are garbage-collected end their open SELECT span (on this thread).
+_reaper = Reaper("agentstate-sqlite3")
 
 
-def _reaper_loop() -> None:
-    while True:
-        obs = _reap.get()
-        try:
-            obs.end()
-        except Exception:
-            _log.debug("ending a collected cursor's span failed", exc_info=True)
-
-
-def _start_reaper() -> None:
-    global _reaper
-    with _reaper_lock:
-        if _reaper is None or not _reaper.is_alive():
-            _reaper = threading.Thread(target=_reaper_loop, name="agentstate-sqlite3", daemon=True)
-            _reaper.start()
-
-
-class _Slot:
+class _Slot(Slot["_Read"]):
     """The open read of one cursor proxy, reachable from its finalizer without the proxy."""
 
-    __slots__ = ("read",)
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.read: _Read | None = None
-
-    def collected(self) -> None:
-        read = self.read
-        if read is not None and not read.obs.ended:
-            _reap.put(read.obs)
-
-
-def observe_rows(slot: _Slot, read: _Read, rows: Sequence[Any], done: bool) -> None:
-    """Record fetched rows, run the read guard, end the span when the result is used up."""
-    try:
-        if rows:
-            read.rows(rows)
-        elif done:
-            read.missing()
-    except Exception:
-        _log.debug("recording fetched rows failed", exc_info=True)
-    try:
-        if rows or (done and read.obs.read_facts):
-            runtime.guard_read(read.obs.reads_span)
-    except StaleReadError as exc:
-        read.obs.fail(exc)
-        slot.read = None
-        raise
-    except Exception:
-        _log.debug("read guard failed", exc_info=True)
-    if done:
-        slot.read = None
-        read.obs.end()
+        super().__init__(_reaper)
 
 
 # --------------------------------------------------------------------------- proxies
 
 
-class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
+class TracedCursor(ObservedCursor):
     """A sqlite3 cursor that records the facts its statements read and write."""
 
+    _self_slot: _Slot
+
     def __init__(self, cursor: Any, connection: TracedConnection) -> None:
-        super().__init__(cursor)
+        super().__init__(cursor, _Slot())
         self._self_connection = connection
-        self._self_slot = _Slot()
-        try:
-            _start_reaper()
-            weakref.finalize(self, self._self_slot.collected)
-        except Exception:
-            _log.debug("cannot watch cursor collection", exc_info=True)
 
     @property
     def connection(self) -> TracedConnection:
@@ -779,24 +472,6 @@ class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
         self._observe(read, [] if row is None else [row], done=row is None or read.point)
         return row
 
-    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = self.__wrapped__.fetchmany(*args, **kwargs)
-        read = self._self_slot.read
-        if read is None:
-            return rows
-        size = args[0] if args else kwargs.get("size", self.__wrapped__.arraysize)
-        short = not isinstance(size, int) or len(rows) < size
-        self._observe(read, rows, done=short)
-        return rows
-
-    def fetchall(self) -> Any:
-        rows = self.__wrapped__.fetchall()
-        read = self._self_slot.read
-        if read is None:
-            return rows
-        self._observe(read, rows, done=True)
-        return rows
-
     def __iter__(self) -> TracedCursor:
         return self
 
@@ -812,22 +487,6 @@ class TracedCursor(wrapt.ObjectProxy):  # type: ignore[type-arg]
         if read is not None:
             self._observe(read, [row], done=read.point)
         return row
-
-    def close(self) -> Any:
-        self._finish_read()
-        return self.__wrapped__.close()
-
-    def _observe(self, read: _Read, rows: Sequence[Any], done: bool) -> None:
-        observe_rows(self._self_slot, read, rows, done)
-
-    def _finish_read(self) -> None:
-        read = self._self_slot.read
-        if read is not None:
-            self._self_slot.read = None
-            try:
-                read.obs.end()
-            except Exception:
-                _log.debug("ending the read span failed", exc_info=True)
 
 
 class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
@@ -1157,14 +816,8 @@ def _pinned_writes(prepared: _Prepared, cursor: Any) -> tuple[list[list[object]]
                 names = list(pk)
                 if pk == ("rowid",):
                     names = [next((n for n in _ROWID_ALIASES if n in by_column), "rowid")]
-                key: list[object] = []
-                for name in names:
-                    value = by_column.get(name)
-                    found, resolved = value.resolve(params) if value else (False, None)
-                    if not found or resolved is None:
-                        break
-                    key.append(resolved)
-                if len(key) == len(names):
+                key = insert_key(by_column, names, params)
+                if key is not None:
                     keys.append(key)
                     continue
                 last = getattr(cursor, "lastrowid", None)
@@ -1183,15 +836,7 @@ def _pinned_writes(prepared: _Prepared, cursor: Any) -> tuple[list[list[object]]
         return keys, None
     if stmt.operation == "UPDATE" and pk and {c.lower() for c in stmt.set_columns} & set(pk):
         return [], "primary key updated"
-    if not stmt.has_where:
-        return [], "no where clause"
-    keys = []
-    for params in rows:
-        values, _ = _where_pk(stmt, pk or ("rowid",), params)
-        if values is None:
-            return [], stmt.where_reason or "rows not pinned by primary key"
-        keys.append(values)
-    return keys, None
+    return where_keys(stmt, pk or ("rowid",), rows)
 
 
 def _record_writes(prepared: _Prepared, cursor: Any) -> None:
@@ -1199,12 +844,10 @@ def _record_writes(prepared: _Prepared, cursor: Any) -> None:
     stmt = obs.stmt
     settings = get_settings()
     keys, reason = _pinned_writes(prepared, cursor)
-    facts: dict[str, str] = {}
     if reason is not None or not keys:
-        fact, _ = obs.fact(settings, obs.table_key())
-        facts[fact] = settings.digest(secrets.token_bytes(16))
-        obs.unresolved(reason or "no rows")
+        facts = obs.table_write(settings, reason or "no rows")
     else:
+        facts = {}
         table = obs.table
         assert table is not None
         pk = table.pk or ("rowid",)
@@ -1216,8 +859,7 @@ def _record_writes(prepared: _Prepared, cursor: Any) -> None:
             fact, rule = obs.fact(settings, physical)
             facts.pop(fact, None)
             facts[fact] = _current_version(obs.state, settings, rule, physical, query, key)
-    obs.span.set_attribute(A.WRITE_FACTS, list(facts))
-    obs.span.set_attribute(A.WRITE_VERSIONS, list(facts.values()))
+    obs.set_writes(facts)
 
 
 def _current_version(
@@ -1240,7 +882,7 @@ def _current_version(
             cursor.close()
     if row is None:
         return "none"
-    return _full_version(settings, rule, physical, dict(zip(names, row, strict=False)))
+    return row_version(settings, rule, physical, dict(zip(names, row, strict=False)))
 
 
 # --------------------------------------------------------------------------- instrumentor
@@ -1261,28 +903,14 @@ def uninstrument_connection(connection: Any) -> Any:
     return connection
 
 
-_PROXY_TYPES: tuple[type, ...] = tuple(
-    t for t in (getattr(wrapt, "BaseObjectProxy", None), wrapt.ObjectProxy) if t is not None
-)
-
-
 def _wrapper_chain(module: Any) -> list[Any]:
     """`module.connect` and the wrapt wrappers under it, outermost first, the function last."""
-    chain = [module.connect]
-    while len(chain) < 32 and isinstance(chain[-1], _PROXY_TYPES):
-        inner = getattr(chain[-1], "__wrapped__", None)
-        if inner is None:
-            break
-        chain.append(inner)
-    return chain
+    return wrapper_chain(module.connect)
 
 
 def _replace_link(module: Any, chain: list[Any], index: int, new: Any) -> None:
     """Make `new` stand where `chain[index]` stands (module attribute or a wrapper's inside)."""
-    if index == 0:
-        module.connect = new
-    else:
-        chain[index - 1].__wrapped__ = new
+    replace_link(module, "connect", chain, index, new)
 
 
 class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
