@@ -635,10 +635,6 @@ def _timeout_in_pipeline(pg: Pg, conn: Any) -> Any:
     return "unreachable"
 
 
-BUG_PIPELINE = (
-    "bug: in pipeline mode (psycopg 3, autocommit off) a write is marked agentstate.committed"
-    "=true when its statement is sent, although the transaction is open and later aborts"
-)
 SCENARIOS = {
     "transaction-block-terminated": _block_terminated,
     "named-cursor-terminated": _named_cursor_terminated,
@@ -651,15 +647,7 @@ SCENARIOS = {
 @pytest.mark.parametrize("pg", ["psycopg"], indirect=True)
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(
-            name,
-            marks=pytest.mark.xfail(strict=True, reason=BUG_PIPELINE)
-            if name == "pipeline-errors"
-            else (),
-        )
-        for name in SCENARIOS
-    ],
+    list(SCENARIOS),
 )
 def test_psycopg_blocks_cursors_and_pipelines_under_faults(pg: Pg, name: str) -> None:
     def body() -> Any:
@@ -687,14 +675,6 @@ def test_psycopg_blocks_cursors_and_pipelines_under_faults(pg: Pg, name: str) ->
         assert not any(attrs(s).get(A.TXN_OUTCOME) == "commit" for s in pg.telemetry.spans())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: in pipeline mode (psycopg 3, autocommit off) a write is marked"
-    " agentstate.committed=true when its statement is sent, although the transaction is"
-    " open; when the pipeline's error aborts the transaction (or the app rolls back) the write"
-    " still counts as committed, and an agent failing with the error is reported as an"
-    " orphaned mutation for a write that never happened",
-)
 @pytest.mark.parametrize("pg", ["psycopg"], indirect=True)
 @pytest.mark.parametrize("ending", ["rollback", "error"])
 def test_rolled_back_pipeline_write_is_not_committed(pg: Pg, ending: str) -> None:
@@ -717,7 +697,6 @@ def test_rolled_back_pipeline_write_is_not_committed(pg: Pg, ending: str) -> Non
     assert not any(attrs(s).get(A.COMMITTED) is True for s in pg.telemetry.spans())
 
 
-@pytest.mark.xfail(strict=True, reason=BUG_PIPELINE + " (AsyncConnection too)")
 @pytest.mark.parametrize("apg", ["psycopg-async"], indirect=True)
 @pytest.mark.parametrize("ending", ["rollback", "error"])
 def test_rolled_back_async_pipeline_write_is_not_committed(apg: Pg, ending: str) -> None:

@@ -476,8 +476,17 @@ class Flow:
             status = self.driver.status(self.conn)
         except Exception:  # e.g. a closed connection
             status = UNKNOWN
-        # ACTIVE: still streaming, the statement has not ended its transaction.
-        now_in = self.was_in if status == ACTIVE else status in (INTRANS, INERROR)
+        if status == ACTIVE:
+            # Still streaming, or a pipeline with results pending: the statement has not
+            # ended a transaction, and without autocommit the server has begun one (a
+            # pipelined write is not committed until the application commits).
+            try:
+                autocommit = self.driver.autocommit(self.conn)
+            except Exception:
+                autocommit = True
+            now_in = self.was_in or not autocommit
+        else:
+            now_in = status in (INTRANS, INERROR)
         with state.lock:
             scopes = state.scopes
             if now_in:
