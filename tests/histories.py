@@ -156,9 +156,13 @@ class H:
         txn: str | None = None,
         mutation: str | None = None,
         failed: bool = False,
+        applied: bool = False,
+        fields: tuple[str, ...] | None = None,
         process: str = "p1",
         store: str = "unknown",
     ) -> str:
+        """`fields`: a merge write (HSET, set_payload) of those fields, the others kept;
+        `applied`: the store applied it although the operation failed."""
         return self._obs(
             agent,
             Op.DELETE if version == "none" else Op.WRITE,
@@ -169,6 +173,8 @@ class H:
             txn=txn,
             mutation=mutation,
             failed=failed,
+            applied=applied,
+            fields=fields,
             process=process,
             store=store,
         )
@@ -217,10 +223,13 @@ class H:
         txn: str | None = None,
         mutation: str | None = None,
         failed: bool = False,
+        applied: bool = False,
+        fields: tuple[str, ...] | None = None,
         process: str = "p1",
         store: str = "unknown",
     ) -> str:
         span_id = self._id()
+        merged = None if fields is None else frozenset(fields)
         self.observations.append(
             Observation(
                 span_id=span_id,
@@ -230,7 +239,7 @@ class H:
                 start_ns=t[0] * MS,
                 end_ns=t[1] * MS,
                 reads=tuple(FactVersion(f, parse_version(v)) for f, v in reads),
-                writes=tuple(FactVersion(f, parse_version(v)) for f, v in writes),
+                writes=tuple(FactVersion(f, parse_version(v), merged) for f, v in writes),
                 store=store,
                 tier=Tier(tier),
                 agent_scope=scope,
@@ -239,6 +248,7 @@ class H:
                 txn_id=txn,
                 committed=txn is None,
                 failed=failed,
+                applied=applied,
                 process=process,
             )
         )

@@ -21,7 +21,7 @@ import chromadb
 import pytest
 import pytest_asyncio
 from chromadb.api.models.Collection import Collection
-from opentelemetry import context
+from opentelemetry import context as otel_context
 from opentelemetry.trace import StatusCode
 
 from otel_agent_state import StaleReadError, agent, configure, decision, workflow
@@ -29,6 +29,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation.chromadb import ChromaInstrumentor
 
 from .conftest import Telemetry
+from .vector_support import check_stale_memory, lost_update_in_threads
 
 CHROMA = shutil.which("chroma") or str(Path(sys.executable).with_name("chroma"))
 
@@ -267,17 +268,8 @@ def test_stale_memory_retrieval_flagged_and_twin_clean(
             )
         telemetry.exporter.clear()
     assert _workflow(primary, index, sync=False) == "customer prefers email"
-    [anomaly] = telemetry.anomalies("stale_read")
-    attrs = anomaly.attributes or {}
-    write = _attrs(telemetry, "upsert memories")
-    read = _attrs(telemetry, "query memories_index")
-    assert attrs[A.ANOMALY_FACT] == "memory/7"
-    assert attrs[A.ANOMALY_EXPECTED] == write[A.WRITE_VERSIONS][0]
-    assert attrs[A.ANOMALY_OBSERVED] == read[A.READ_VERSIONS][0]
-    if rules is VERSIONED:
-        assert (attrs[A.ANOMALY_OBSERVED], attrs[A.ANOMALY_EXPECTED]) == ("n:1", "n:2")
-    assert attrs[A.ANOMALY_AGENTS] == ("responder", "memory-curator")
-    assert attrs[A.ANOMALY_SEVERITY] == "error"
+    versions = ("n:1", "n:2") if rules is VERSIONED else None
+    check_stale_memory(telemetry, "upsert memories", "query memories_index", versions)
 
     telemetry.exporter.clear()
     assert _workflow(primary, index, sync=True) == "customer prefers phone"
@@ -289,35 +281,52 @@ def test_lost_update_two_agents_in_threads(
 ) -> None:
     configure(rules=DIGESTED)
     primary, _ = stores
-    barrier = threading.Barrier(2, timeout=30)
 
-    def rewrite(parent: Any, name: str) -> None:
-        token = context.attach(parent)
+    def write(name: str, seen: Any) -> None:
+        text = f"{seen['documents'][0]} ({name})"
+        # embeddings given: chroma would otherwise embed the document with a model
+        primary.update(ids=["7"], embeddings=[VECTOR], documents=[text])
+
+    lost_update_in_threads(telemetry, lambda: primary.get(ids=["7"]), write)
+    assert primary.get(ids=["7"])["documents"] == ["customer prefers email (bob)"]
+
+
+@pytest.mark.parametrize(("alice", "bob", "lost"), [("tone", "lang", 0), ("tone", "tone", 1)])
+def test_metadata_merges_lose_only_the_keys_both_set(
+    telemetry: Telemetry, stores: tuple[Collection, Collection], alice: str, bob: str, lost: int
+) -> None:
+    """`update(metadatas=...)` merges keys into the stored metadata (the others are kept):
+    two agents that both read the record and set different keys lose nothing."""
+    configure(rules=DIGESTED)
+    primary, _ = stores
+    keys = {"alice": alice, "bob": bob}
+    both_read, alice_wrote = threading.Barrier(2, timeout=30), threading.Event()
+
+    def work(parent: Any, name: str) -> None:
+        token = otel_context.attach(parent)
         try:
             with agent(name):
-                seen = primary.get(ids=["7"])
-                barrier.wait()  # both read v1 before either writes
+                primary.get(ids=["7"])
+                both_read.wait()  # both read before either writes; alice writes first
                 if name == "bob":
-                    barrier.wait()
-                text = f"{seen['documents'][0]} ({name})"
-                # embeddings given: chroma would otherwise embed the document with a model
-                primary.update(ids=["7"], embeddings=[VECTOR], documents=[text])
-                if name == "alice":
-                    barrier.wait()
+                    alice_wrote.wait(30)
+                primary.update(ids=["7"], metadatas=[{keys[name]: name[0]}])
+                alice_wrote.set()
         finally:
-            context.detach(token)
+            otel_context.detach(token)
 
-    with workflow("support-ticket"):
-        parent = context.get_current()
-        threads = [threading.Thread(target=rewrite, args=(parent, n)) for n in ("alice", "bob")]
+    with workflow("preferences"):
+        parent = otel_context.get_current()
+        threads = [threading.Thread(target=work, args=(parent, n)) for n in keys]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert primary.get(ids=["7"])["documents"] == ["customer prefers email (bob)"]
-    [lost] = telemetry.anomalies("lost_update")
-    attrs = lost.attributes or {}
-    assert (attrs[A.ANOMALY_FACT], attrs[A.ANOMALY_AGENTS]) == ("memory/7", ("alice", "bob"))
+    stored = primary.get(ids=["7"])["metadatas"][0]
+    assert stored == {"version": 1, **{alice: "a"}, **{bob: "b"}}
+    assert len(telemetry.anomalies("lost_update")) == lost
+    update = [s for s in telemetry.spans() if s.name == "update memories"][-1]
+    assert (update.attributes or {})[A.WRITE_FIELDS] == (bob,)
 
 
 def test_raise_mode_on_the_embedded_client(

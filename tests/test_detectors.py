@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
+from otel_agent_state import adapter
+from otel_agent_state import attributes as A
 from otel_agent_state.config import Consistency, parse_consistency
 from otel_agent_state.detectors import (
     detect_all,
@@ -18,7 +20,8 @@ from otel_agent_state.detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from otel_agent_state.model import Anomaly
+from otel_agent_state.history import History
+from otel_agent_state.model import Anomaly, Observation
 
 from .histories import DIVERGENT, ERROR, LOST, ORPHAN, STALE, TRACE, WARNING, H
 
@@ -664,6 +667,67 @@ def test_blind_write_and_no_op_write_are_not_lost_updates() -> None:
     assert detect_lost_updates(noop.history()) == []
 
 
+def _merges(alice: tuple[str, ...] | None, bob: tuple[str, ...] | None) -> tuple[H, str, str]:
+    """Alice and Bob read prefs/7 at h:aa; then each writes it (`fields`: a merge write of
+    those fields, kept apart from the rest by the server; None: a whole-value write)."""
+    h = H()
+    a = h.agent("alice", (0, 50))
+    b = h.agent("bob", (0, 50))
+    h.read("alice", "prefs/7", "h:aa", (1, 2), scope=a)
+    h.read("bob", "prefs/7", "h:aa", (3, 4), scope=b)
+    wa = h.write("alice", "prefs/7", "h:bb", (5, 6), scope=a, fields=alice)
+    wb = h.write("bob", "prefs/7", "h:cc", (7, 8), scope=b, fields=bob)
+    return h, wa, wb
+
+
+def test_merges_of_different_fields_lose_nothing() -> None:
+    h, _, _ = _merges(("tone",), ("language",))  # HSET prefs:7 tone / HSET prefs:7 language
+    assert detect_lost_updates(h.history()) == []
+    assert detect_all(h.history()) == []
+
+
+@pytest.mark.parametrize(
+    ("alice", "bob"),
+    [
+        (("tone",), ("tone",)),  # both set the same field: bob's overwrote alice's
+        (("tone", "theme"), ("language", "tone")),  # one common field is enough
+        (None, ("language",)),  # a whole-value write's fields are unknown: may meet
+        (("tone",), None),  # a whole-value write replaces alice's field too
+    ],
+)
+def test_merges_whose_fields_meet_lose_an_update(
+    alice: tuple[str, ...] | None, bob: tuple[str, ...] | None
+) -> None:
+    h, wa, wb = _merges(alice, bob)
+    [anomaly] = detect_lost_updates(h.history())
+    assert (anomaly.kind, anomaly.span_id, anomaly.expected_version) == (LOST, wb, "h:bb")
+    assert anomaly.evidence_span_ids[0] == wa
+
+
+def test_merge_based_on_a_different_version_is_no_lost_update() -> None:
+    h = H()
+    h.read("alice", "prefs/7", "h:aa", (1, 2))
+    h.write("alice", "prefs/7", "h:bb", (3, 4), fields=("tone",))
+    h.read("bob", "prefs/7", "h:bb", (5, 6))  # bob saw alice's tone
+    h.write("bob", "prefs/7", "h:cc", (7, 8), fields=("tone",))
+    assert detect_lost_updates(h.history()) == []
+
+
+def test_three_merges_only_the_pair_that_shares_a_field_is_reported() -> None:
+    h = H()
+    for name, at in (("alice", 1), ("bob", 3), ("carol", 5)):
+        h.read(name, "prefs/7", "h:aa", (at, at + 1))
+    h.write("alice", "prefs/7", "h:bb", (10, 11), fields=("tone",))
+    h.write("bob", "prefs/7", "h:cc", (12, 13), fields=("language",))
+    carol = h.write("carol", "prefs/7", "h:dd", (14, 15), fields=("tone", "theme"))
+    [anomaly] = detect_lost_updates(h.history())
+    assert (anomaly.span_id, anomaly.agents, anomaly.expected_version) == (
+        carol,
+        ("alice", "carol"),
+        "h:bb",
+    )
+
+
 # ================================================================ orphaned mutations
 
 
@@ -716,6 +780,40 @@ def test_failed_explicit_mutation_after_committing_is_orphaned() -> None:
         "mutation 'transfer' of payments failed after committing account/A=n:2; "
         "nothing restored the earlier state"
     )
+
+
+def test_applied_writes_of_a_failed_pipeline_are_orphaned() -> None:
+    """A non-transactional pipeline: its SET ran, a later command failed and redis-py raised.
+    The span failed but says the store applied the SET (explicit committed=true)."""
+    h = H()
+    pay = h.agent("payments", (0, 30), failed=True)
+    h.read("payments", "wallet/A", "h:aa", (1, 2), scope=pay)
+    pipe = h.write("payments", "wallet/A", "h:bb", (3, 4), scope=pay, failed=True, applied=True)
+    [anomaly] = detect_orphaned_mutations(h.history())
+    assert shape(anomaly) == (
+        ORPHAN,
+        pipe,
+        "wallet/A",
+        "h:bb",
+        "h:aa",
+        ("payments",),
+        (pay, pipe),
+        ERROR,
+        None,
+    )
+    # ... and it is a committed write for the other detectors too: a later read is stale.
+    late = h.read("audit", "wallet/A", "h:aa", (40, 41))
+    [stale] = detect_stale_reads(h.history())
+    assert (stale.span_id, stale.expected_version) == (late, "h:bb")
+
+
+def test_a_failed_statement_without_applied_writes_is_no_orphan() -> None:
+    h = H()
+    pay = h.agent("payments", (0, 30), failed=True)
+    h.read("payments", "account/A", "n:1", (1, 2), scope=pay)
+    h.write("payments", "account/A", "n:2", (3, 4), scope=pay, failed=True)  # UPDATE failed
+    h.read("audit", "account/A", "n:1", (40, 41))
+    assert detect_all(h.history()) == []
 
 
 def test_orphan_evidence_lists_every_unrestored_write() -> None:
@@ -875,3 +973,68 @@ def test_seed_scenario_finds_the_stale_read_and_the_divergence() -> None:
         ("stale_read", h.observations[1].span_id),
     ]
     assert [a.kind for a in detect_all(h.history(), model("eventual"))] == [DIVERGENT]
+
+
+# ================================================================ span attributes they read
+
+
+def _observation(attrs: dict[str, object], *, failed: bool = False) -> Observation:
+    obs = adapter.observation(
+        attrs,
+        span_id="1" * 16,
+        trace_id=TRACE,
+        agent="a",
+        start_ns=1,
+        end_ns=2,
+        failed=failed,
+        process="p",
+    )
+    assert obs is not None
+    return obs
+
+
+def test_write_fields_attribute_round_trip() -> None:
+    encoded = [adapter.encode_fields({"tone", "a,b", "50%"}), "", adapter.encode_fields(())]
+    assert encoded == ["50%25,a%2Cb,tone", "", ""]
+    obs = _observation(
+        {
+            A.OP: "write",
+            A.WRITE_FACTS: ["prefs/7", "prefs/8", "prefs/9"],
+            A.WRITE_VERSIONS: ["h:aa", "bad version", "h:cc"],
+            A.WRITE_FIELDS: ["tone,lang", "x", ""],
+        }
+    )
+    # The bad version drops its write only; fields stay with their own fact.
+    assert [(w.fact, w.fields) for w in obs.writes] == [
+        ("prefs/7", frozenset({"tone", "lang"})),
+        ("prefs/9", None),
+    ]
+    # Fields that do not line up with the facts are ignored: whole-value writes.
+    misaligned = _observation(
+        {A.OP: "write", A.WRITE_FACTS: ["f"], A.WRITE_VERSIONS: ["n:1"], A.WRITE_FIELDS: []}
+    )
+    assert misaligned.writes[0].fields is None
+    assert adapter.encode_fields(["x"] * (adapter.MAX_FIELDS + 1)) == adapter.encode_fields(
+        ["a" * (adapter.MAX_FIELDS_CHARS + 1)]
+    )
+
+
+@pytest.mark.parametrize(
+    ("committed", "failed", "counts"),
+    [
+        (None, False, True),  # autocommit: absent means committed
+        (None, True, False),  # a failed statement applied nothing
+        (True, True, True),  # the store says it applied the writes: they count
+        (True, False, True),
+    ],
+)
+def test_explicit_committed_decides_whether_a_failed_span_wrote(
+    committed: bool | None, failed: bool, counts: bool
+) -> None:
+    attrs: dict[str, object] = {A.OP: "write", A.WRITE_FACTS: ["f"], A.WRITE_VERSIONS: ["n:2"]}
+    if committed is not None:
+        attrs[A.COMMITTED] = committed
+    obs = _observation(attrs, failed=failed)
+    assert (obs.failed, obs.applied, obs.writes_void) == (failed, committed is True, not counts)
+    [write] = History.of([obs]).writes("f")
+    assert write.committed is counts

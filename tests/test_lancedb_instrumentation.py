@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 from lancedb.query import LanceVectorQueryBuilder
 from lancedb.table import LanceTable
-from opentelemetry import context
+from opentelemetry import context as otel_context
 from opentelemetry.trace import StatusCode
 
 from otel_agent_state import StaleReadError, agent, configure, decision, workflow
@@ -21,6 +21,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation.lancedb import LanceDBInstrumentor, parse_id_columns
 
 from .conftest import Telemetry
+from .vector_support import check_stale_memory, lost_update_in_threads
 
 SECRET = "the customer's account number is 0042"
 VECTOR = [0.9, 0.1, 0.0, 0.2]
@@ -178,17 +179,8 @@ def test_stale_memory_retrieval_flagged_and_twin_clean(
             index.update(where="id = 7", values={"text": "customer prefers email"})
         telemetry.exporter.clear()
     assert _workflow(primary, index, sync=False) == "customer prefers email"
-    [anomaly] = telemetry.anomalies("stale_read")
-    attrs = anomaly.attributes or {}
-    write = _attrs(telemetry, "update memories")
-    read = _attrs(telemetry, "search memories_index")
-    assert attrs[A.ANOMALY_FACT] == "memory/7"
-    assert attrs[A.ANOMALY_EXPECTED] == write[A.WRITE_VERSIONS][0]
-    assert attrs[A.ANOMALY_OBSERVED] == read[A.READ_VERSIONS][0]
-    if rules is VERSIONED:
-        assert (attrs[A.ANOMALY_OBSERVED], attrs[A.ANOMALY_EXPECTED]) == ("n:1", "n:2")
-    assert attrs[A.ANOMALY_AGENTS] == ("responder", "memory-curator")
-    assert attrs[A.ANOMALY_SEVERITY] == "error"
+    versions = ("n:1", "n:2") if rules is VERSIONED else None
+    check_stale_memory(telemetry, "update memories", "search memories_index", versions)
 
     telemetry.exporter.clear()
     assert _workflow(primary, index, sync=True) == "customer prefers phone"
@@ -200,34 +192,59 @@ def test_lost_update_two_agents_in_threads(
 ) -> None:
     configure(rules=DIGESTED)
     primary, _ = tables
-    barrier = threading.Barrier(2, timeout=30)
 
-    def rewrite(parent: Any, name: str) -> None:
-        token = context.attach(parent)
+    def read() -> dict[str, Any]:
+        [seen] = primary.search().where("id = 7").to_list()
+        return dict(seen)
+
+    def write(name: str, seen: dict[str, Any]) -> None:
+        text = f"{seen['text']} ({name})".replace("'", "''")
+        primary.update(where="id = 7", values_sql={"text": f"'{text}'"})
+
+    lost_update_in_threads(telemetry, read, write)
+    assert primary.search().where("id = 7").to_list()[0]["text"] == "customer prefers email (bob)"
+
+
+@pytest.mark.parametrize(("alice", "bob", "lost"), [("text", "version", 0), ("text", "text", 1)])
+def test_column_updates_lose_only_the_columns_both_set(
+    telemetry: Telemetry, tables: tuple[LanceTable, LanceTable], alice: str, bob: str, lost: int
+) -> None:
+    """`update(values=...)` sets those columns of the stored rows and keeps the others: two
+    agents that both read the row and update different columns lose nothing."""
+    configure(rules=DIGESTED)
+    primary, _ = tables
+    columns = {"alice": alice, "bob": bob}
+    values = {"text": "customer prefers phone", "version": 5}
+    both_read, alice_wrote = threading.Barrier(2, timeout=30), threading.Event()
+
+    def work(parent: Any, name: str) -> None:
+        token = otel_context.attach(parent)
         try:
             with agent(name):
-                [seen] = primary.search().where("id = 7").to_list()
-                barrier.wait()  # both read v1 before either writes
+                primary.search().where("id = 7").to_list()
+                both_read.wait()  # both read before either writes; alice writes first
                 if name == "bob":
-                    barrier.wait()
-                text = f"{seen['text']} ({name})".replace("'", "''")
-                primary.update(where="id = 7", values_sql={"text": f"'{text}'"})
-                if name == "alice":
-                    barrier.wait()
+                    alice_wrote.wait(30)
+                column = columns[name]
+                value = f"{values[column]} ({name})" if column == "text" else values[column]
+                primary.update(where="id = 7", values={column: value})
+                alice_wrote.set()
         finally:
-            context.detach(token)
+            otel_context.detach(token)
 
-    with workflow("support-ticket"):
-        parent = context.get_current()
-        threads = [threading.Thread(target=rewrite, args=(parent, n)) for n in ("alice", "bob")]
+    with workflow("memories"):
+        parent = otel_context.get_current()
+        threads = [threading.Thread(target=work, args=(parent, n)) for n in columns]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert primary.search().where("id = 7").to_list()[0]["text"] == "customer prefers email (bob)"
-    [lost] = telemetry.anomalies("lost_update")
-    attrs = lost.attributes or {}
-    assert (attrs[A.ANOMALY_FACT], attrs[A.ANOMALY_AGENTS]) == ("memory/7", ("alice", "bob"))
+    [row] = primary.search().where("id = 7").to_list()
+    assert row["text"] == f"customer prefers phone ({'bob' if lost else 'alice'})"
+    assert row["version"] == (1 if lost else 5)
+    assert len(telemetry.anomalies("lost_update")) == lost
+    update = [s for s in telemetry.spans() if s.name == "update memories"][-1]
+    assert (update.attributes or {})[A.WRITE_FIELDS] == (bob,)
 
 
 def test_raise_mode(telemetry: Telemetry, tables: tuple[LanceTable, LanceTable]) -> None:

@@ -4,14 +4,12 @@ retrieval from a lagging copy, its correct twin, raise mode, lost updates (sync 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from opentelemetry import context
 from opentelemetry.trace import StatusCode
 from qdrant_client import AsyncQdrantClient, QdrantClient, models
 
@@ -20,6 +18,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation.qdrant import QdrantInstrumentor
 
 from .conftest import Telemetry
+from .vector_support import check_stale_memory, lost_update_in_threads
 
 # The primary collection and an index copy that a sync job fills (and may lag behind).
 VERSIONED = [
@@ -78,29 +77,13 @@ def _workflow(client: QdrantClient, replicate: bool) -> list[Any]:
     return hits
 
 
-def _check_stale(
-    telemetry: Telemetry, observed: str, expected: str, severity: str = "error"
-) -> None:
-    [anomaly] = telemetry.anomalies("stale_read")
-    attrs = anomaly.attributes or {}
-    assert attrs[A.ANOMALY_FACT] == "memory/7"
-    assert attrs[A.ANOMALY_OBSERVED] == observed
-    assert attrs[A.ANOMALY_EXPECTED] == expected
-    assert attrs[A.ANOMALY_AGENTS] == ("responder", "memory-curator")
-    assert attrs[A.ANOMALY_SEVERITY] == severity  # error: the read sits inside a decision
-    read = telemetry.span_named("query_points memories_index")
-    assert anomaly.parent is not None and anomaly.parent.span_id == read.context.span_id
-    write = [s for s in telemetry.spans() if s.name == "upsert memories"][-1]
-    assert write.context.span_id in {link.context.span_id for link in anomaly.links}
-
-
 def test_stale_memory_retrieval_from_a_lagging_index_is_flagged(
     telemetry: Telemetry, client: QdrantClient
 ) -> None:
     configure(rules=VERSIONED)
     hits = _workflow(client, replicate=False)
     assert hits[0].payload == {"text": "customer prefers email", "version": 1}
-    _check_stale(telemetry, "n:1", "n:2")
+    check_stale_memory(telemetry, "upsert memories", "query_points memories_index", ("n:1", "n:2"))
     read = telemetry.span_named("query_points memories_index").attributes or {}
     assert (read[A.TIER], read[A.READ_FACTS], read[A.READ_VERSIONS]) == (
         "index",
@@ -168,34 +151,17 @@ def test_lost_update_two_agents_in_threads_rewrite_the_same_memory(
     telemetry: Telemetry, client: QdrantClient
 ) -> None:
     configure(rules=DIGESTED)
-    barrier = threading.Barrier(2, timeout=10)
 
-    def rewrite(parent: Any, name: str) -> None:
-        token = context.attach(parent)
-        try:
-            with agent(name):
-                [seen] = client.retrieve("memories", ids=[7])
-                barrier.wait()  # both read v1 before either writes
-                if name == "bob":
-                    barrier.wait()  # bob writes last: his write silently overwrites alice's
-                text = str((seen.payload or {})["text"]) + f" ({name})"
-                client.upsert("memories", points=[_point(2, text)])
-                if name == "alice":
-                    barrier.wait()
-        finally:
-            context.detach(token)
+    def read() -> models.Record:
+        [seen] = client.retrieve("memories", ids=[7])
+        return seen
 
-    with workflow("support-ticket"):
-        parent = context.get_current()
-        threads = [threading.Thread(target=rewrite, args=(parent, n)) for n in ("alice", "bob")]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    [lost] = telemetry.anomalies("lost_update")
-    attrs = lost.attributes or {}
-    assert attrs[A.ANOMALY_FACT] == "memory/7"
-    assert attrs[A.ANOMALY_AGENTS] == ("alice", "bob")
+    def write(name: str, seen: models.Record) -> None:
+        text = str((seen.payload or {})["text"]) + f" ({name})"
+        client.upsert("memories", points=[_point(2, text)])
+
+    lost = lost_update_in_threads(telemetry, read, write)
+    # bob writes last: his write silently overwrites alice's
     [bob_write] = [
         s
         for s in telemetry.spans()
@@ -279,7 +245,9 @@ async def test_async_stale_retrieval_and_its_twin(
         await asyncio.gather(curator(replicate=False))
         [hit] = await asyncio.gather(responder())
     assert hit[0].payload["version"] == 1
-    _check_stale(telemetry, "n:1", "n:2", severity="warning")
+    check_stale_memory(
+        telemetry, "upsert memories", "query_points memories_index", ("n:1", "n:2"), "warning"
+    )
 
     telemetry.exporter.clear()
     async with workflow("ticket-2"):

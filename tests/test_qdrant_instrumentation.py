@@ -161,6 +161,30 @@ def test_payload_updates_are_read_back_and_deletes_write_none(
     assert deleted[A.WRITE_VERSIONS] == ("none",)
 
 
+def test_payload_merges_carry_the_keys_they_set(telemetry: Telemetry, client: QdrantClient) -> None:
+    """set_payload / delete_payload change the keys they name and keep the others: the
+    detectors compare those keys (never values); other writes replace the whole payload."""
+    client.upsert(
+        "memories",
+        points=[
+            models.PointStruct(id=p, vector=[1, 1, 0, 0], payload={"a": 1, "b,%": 2})
+            for p in (3, 4)
+        ],
+    )
+    client.set_payload("memories", payload={"tone": "x", "b,%": 3}, points=[3, 4])
+    assert _only(telemetry, "set_payload memories")[A.WRITE_FIELDS] == ("b%2C%25,tone",) * 2
+    client.delete_payload("memories", keys=["tone"], points=[3])
+    assert _only(telemetry, "delete_payload memories")[A.WRITE_FIELDS] == ("tone",)
+    assert A.WRITE_FIELDS not in _only(telemetry, "upsert memories")
+    telemetry.exporter.clear()
+    # A nested path may overlap other keys: counted as a whole-payload write.
+    client.set_payload("memories", payload={"c": 1}, points=[3], key="nested")
+    client.delete_payload("memories", keys=["a.b"], points=[3])
+    for name in ("set_payload memories", "delete_payload memories"):
+        attrs = _only(telemetry, name)
+        assert A.WRITE_FIELDS not in attrs and attrs[A.WRITE_FACTS] == ("qdrant:memories/3",)
+
+
 def test_filter_writes_and_unversionable_reads_are_marked_unresolved(
     telemetry: Telemetry, client: QdrantClient
 ) -> None:

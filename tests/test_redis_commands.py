@@ -116,6 +116,42 @@ def test_hash_commands() -> None:
     assert fx(("HDEL", "h", "f"), 0) == []
 
 
+def test_hash_writes_merge_the_fields_they_name() -> None:
+    """HSET/HSETNX/HDEL change the fields they name and keep the others (the server's
+    read-modify-write); every other write replaces the whole value."""
+    assert [e.fields for e in effects("HSET", ("HSET", "h", "f", 1, "g", 2), 2)] == [("f", "g")]
+    assert [e.fields for e in effects("HMSET", ("HMSET", "h", "f", 1), True)] == [("f",)]
+    assert [e.fields for e in effects("HSETNX", ("HSETNX", "h", "f", 1), 1)] == [("f",)]
+    assert [e.fields for e in effects("HDEL", ("HDEL", "h", "f", "g"), 2)] == [("f", "g")]
+    for args, response in [
+        (("SET", "k", "v"), True),
+        (("DEL", "h"), 1),
+        (("INCR", "n"), 2),
+        (("JSON.SET", "j", "$.a", "1"), True),  # a path may overlap another: whole
+    ]:
+        assert all(e.fields is None for e in effects(str(args[0]), args, response)), args
+
+
+def test_set_get_through_execute_command_gets_a_bool_from_redis_py() -> None:
+    """`execute_command("SET", k, v, "GET")` runs redis-py's SET callback without its `get`
+    option: the old value comes back as `old == "OK"`. False hides it: no read."""
+    args = ("SET", "k", "new", "GET")
+    assert fx(args, False) == [("w", "k", Value("str", "new"))]
+    assert fx(args, True) == [("r", "k", Value("str", b"OK")), ("w", "k", Value("str", "new"))]
+    assert fx(args, b"") == [("r", "k", Value("str", b"")), ("w", "k", Value("str", "new"))]
+    assert fx(args, None) == [("r", "k", ABSENT), ("w", "k", Value("str", "new"))]
+    assert fx(("SET", "k", "new", "NX", "GET"), False) == []  # it existed: NX did not set
+
+
+def test_written_keys_of_a_command_whose_outcome_is_unknown() -> None:
+    assert rc.written_keys("SET", ("SET", "k", "v", "NX")) == ["k"]
+    assert rc.written_keys("DEL", ("DEL", "a", "b")) == ["a", "b"]
+    assert rc.written_keys("MSET", ("MSET", "a", 1, "b", 2)) == ["a", "b"]
+    assert rc.written_keys("HSET", ("HSET", "h", "f", 1)) == ["h"]
+    assert rc.written_keys("GET", ("GET", "k")) == []
+    assert rc.written_keys("LPUSH", ("LPUSH", "l", 1)) == []  # not one of ours
+
+
 def test_json_commands_mapped_without_the_module() -> None:
     doc = {"score": 700, "version": 3}
     assert fx(("JSON.GET", "credit_score:1", "."), doc) == [

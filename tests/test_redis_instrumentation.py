@@ -757,3 +757,197 @@ def test_json_commands_on_this_server(client: redis.Redis, telemetry: Telemetry)
     assert reads(spans[2]) == {"credit_score/5": "n:5"}
     assert writes(spans[3]) == {"credit_score/5": "n:6"}  # read again after a partial write
     assert writes(spans[4]) == {"credit_score/5": "none"}
+
+
+# --------------------------------------------------------------------------- merges, failures
+
+
+def fields(span: ReadableSpan) -> dict[str, str]:
+    """`agentstate.write.fields` per written fact ("" for a whole-value write)."""
+    a = attrs(span)
+    found = a.get(A.WRITE_FIELDS)
+    return dict(zip(a.get(A.WRITE_FACTS, ()), found, strict=True)) if found else {}
+
+
+def test_hash_merge_writes_carry_their_fields(client: redis.Redis, telemetry: Telemetry) -> None:
+    client.hset("session:1", mapping={"tone": "formal", "b,%": "x"})
+    client.hset("session:1", "tone", "casual")
+    client.hdel("session:1", "tone")
+    client.set("plain", "1")
+    pipe = client.pipeline(transaction=False)
+    pipe.hset("session:2", "lang", "fr").set("plain", "2").hsetnx("session:2", "tz", "UTC")
+    pipe.execute()
+    hset_both, hset_one, hdel, set_span, pipeline = redis_spans(telemetry)
+    assert fields(hset_both) == {"session/1": "b%2C%2525,tone"}  # names escaped, sorted
+    assert fields(hset_one) == fields(hdel) == {"session/1": "tone"}
+    assert A.WRITE_FIELDS not in attrs(set_span)  # a SET replaces the whole value
+    assert fields(pipeline) == {"session/2": "lang,tz", "redis:1/plain": ""}
+    for span in (hset_both, set_span, pipeline):
+        assert attrs(span)[A.COMMITTED] is True  # applied as it ran
+
+
+def test_failed_plain_pipeline_keeps_the_writes_before_the_failed_command(
+    client: redis.Redis, telemetry: Telemetry
+) -> None:
+    client.set("str", "x")
+    telemetry.exporter.clear()
+    pipe = client.pipeline(transaction=False)
+    pipe.set("a", "1").hset("str", "f", "v").set("b", "2")  # HSET: WRONGTYPE
+    with pytest.raises(redis.ResponseError, match="Command # 2"):
+        pipe.execute()
+    assert client.mget("a", "b") == [b"1", b"2"]
+    span, check = redis_spans(telemetry)
+    a = attrs(span)
+    assert span.status.status_code == StatusCode.ERROR
+    # SET a ran before the failed command: applied. Whether SET b ran is not known.
+    assert writes(span) == {"redis:1/a": reads(check)["redis:1/a"]}
+    assert a[A.COMMITTED] is True and a[A.UNRESOLVED] == "outcome unknown"
+    # A later command of unknown outcome on the same key hides the earlier write's result.
+    telemetry.exporter.clear()
+    pipe = client.pipeline(transaction=False)
+    pipe.set("a", "3").hset("str", "f", "v").set("a", "4")
+    with pytest.raises(redis.ResponseError):
+        pipe.execute()
+    (span,) = redis_spans(telemetry)
+    assert writes(span) == {} and attrs(span)[A.UNRESOLVED] == "outcome unknown"
+
+
+def test_failed_pipeline_in_a_failed_agent_is_an_orphan(
+    client: redis.Redis, telemetry: Telemetry
+) -> None:
+    client.set("str", "x")
+    with workflow("payout"), pytest.raises(redis.ResponseError), agent("payments"):
+        pipe = client.pipeline(transaction=False)
+        pipe.set("session:A", "900").hset("str", "f", "v")
+        pipe.execute()
+    (orphan,) = telemetry.anomalies("orphaned_mutation")
+    assert attrs(orphan)[A.ANOMALY_FACT] == "session/A"
+
+
+@pytest.fixture
+def single(client: redis.Redis, redis_url: str) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(f"{redis_url}/{SYNC_DB}", single_connection_client=True)
+    yield conn
+    conn.close()
+
+
+def test_raw_multi_records_the_queued_commands_at_exec(
+    single: redis.Redis, client: redis.Redis, telemetry: Telemetry
+) -> None:
+    single.set("counter", "5")
+    telemetry.exporter.clear()
+    assert single.execute_command("MULTI") in (b"OK", True, "OK")
+    single.execute_command("SET", "credit_score:1", score(2))
+    single.execute_command("HSET", "session:1", "tone", "formal")
+    single.execute_command("INCR", "counter")
+    single.execute_command("GET", "other")
+    assert single.execute_command("EXEC") == [b"OK", 1, 6, None]
+    spans = redis_spans(telemetry)  # the hash is read again after EXEC, untraced
+    assert [s.name for s in spans] == ["MULTI", "SET", "HSET", "INCR", "GET", "EXEC"]
+    assert all(A.OP not in attrs(s) for s in spans[:-1])  # queued: nothing applied yet
+    exec_span = spans[-1]
+    a = attrs(exec_span)
+    assert a[A.STORE] == "redis" and a[A.OP] == "read_write"
+    assert a[A.TXN_OUTCOME] == "commit" and a[A.TXN_ID] and a[A.COMMITTED] is True
+    assert set(writes(exec_span)) == {"credit_score/1", "session/1", "redis:1/counter"}
+    assert writes(exec_span)["credit_score/1"] == "n:2"
+    assert fields(exec_span) == {"credit_score/1": "", "session/1": "tone", "redis:1/counter": ""}
+    assert set(reads(exec_span)) == {"redis:1/other", "redis:1/counter"}  # INCR read 5
+    assert reads(exec_span)["redis:1/other"] == "none"
+    # The client is out of MULTI: the next command is recorded as it runs.
+    telemetry.exporter.clear()
+    single.set("after", "1")
+    (after,) = redis_spans(telemetry)
+    assert set(writes(after)) == {"redis:1/after"}
+
+
+def test_raw_multi_discarded_or_aborted_records_nothing(
+    single: redis.Redis, telemetry: Telemetry
+) -> None:
+    single.execute_command("MULTI")
+    single.execute_command("SET", "k", "1")
+    single.execute_command("DISCARD")
+    single.execute_command("MULTI")
+    single.execute_command("SET", "k", "2")
+    with pytest.raises(redis.ResponseError):
+        single.execute_command("SET", "k")  # wrong arity: refused, the EXEC aborts
+    with pytest.raises(redis.ResponseError, match="discarded because of previous errors"):
+        single.execute_command("EXEC")
+    assert single.get("k") is None
+    spans = redis_spans(telemetry)
+    assert [s.name for s in spans] == [
+        "MULTI",
+        "SET",
+        "DISCARD",
+        "MULTI",
+        "SET",
+        "SET",
+        "EXEC",
+        "GET",
+    ]
+    assert all(A.WRITE_FACTS not in attrs(s) for s in spans)
+    assert attrs(spans[2])[A.TXN_OUTCOME] == "rollback"
+    assert reads(spans[-1]) == {"redis:1/k": "none"}
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+def test_raw_multi_ends_when_the_connection_is_replaced(
+    client: redis.Redis, telemetry: Telemetry, redis_url: str, retries: int
+) -> None:
+    """Killed while in MULTI: with retries redis-py reconnects and sends the next command
+    again on a new connection, outside any MULTI, so it runs at once and is recorded as it
+    runs; without, the ConnectionError ends the transaction and the next command does."""
+    retry = redis.retry.Retry(redis.backoff.NoBackoff(), retries)
+    single = redis.Redis.from_url(
+        f"{redis_url}/{SYNC_DB}", single_connection_client=True, retry=retry
+    )
+    single_id = single.client_id()
+    single.execute_command("MULTI")
+    client.client_kill_filter(_id=single_id)
+    if not retries:
+        with pytest.raises(redis.ConnectionError):
+            single.execute_command("SET", "k", "0")
+    single.execute_command("SET", "k", "1")  # on a fresh connection: applied at once
+    assert client.get("k") == b"1"
+    with pytest.raises(redis.ResponseError, match="without MULTI"):
+        single.execute_command("EXEC")
+    single.close()
+    spans = [s for s in redis_spans(telemetry) if s.status.status_code != StatusCode.ERROR]
+    sets = [s for s in spans if s.name == "SET"]
+    assert [writes(s) for s in sets] == [{"redis:1/k": reads(spans[-1])["redis:1/k"]}]
+
+
+def test_async_raw_multi_and_failed_pipeline(telemetry: Telemetry, redis_url: str) -> None:
+    configure(rules=RULES)
+    RedisInstrumentor().instrument(tracer_provider=telemetry.provider)
+
+    async def main() -> None:
+        conn = redis.asyncio.Redis.from_url(
+            f"{redis_url}/{ASYNC_DB}", single_connection_client=True
+        )
+        await conn.flushdb()
+        await conn.set("str", "x")
+        telemetry.exporter.clear()
+        await conn.execute_command("MULTI")
+        await conn.execute_command("HSET", "session:1", "tone", "formal")
+        await conn.execute_command("DEL", "gone")
+        assert await conn.execute_command("EXEC") == [1, 0]
+        pipe = conn.pipeline(transaction=False)
+        pipe.set("a", "1").hset("str", "f", "v")
+        with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+            await pipe.execute()
+        await conn.flushdb()
+        await conn.aclose()
+
+    try:
+        asyncio.run(main())
+    finally:
+        RedisInstrumentor().uninstrument()
+    multi, hset, delete, exec_span, pipeline, _ = redis_spans(telemetry)
+    assert all(A.OP not in attrs(s) for s in (multi, hset, delete))
+    assert attrs(exec_span)[A.TXN_OUTCOME] == "commit"
+    assert fields(exec_span) == {"session/1": "tone", f"redis:{ASYNC_DB}/gone": ""}
+    assert writes(exec_span)[f"redis:{ASYNC_DB}/gone"] == "none"
+    assert set(writes(pipeline)) == {f"redis:{ASYNC_DB}/a"}
+    assert attrs(pipeline)[A.COMMITTED] is True
+    assert pipeline.status.status_code == StatusCode.ERROR

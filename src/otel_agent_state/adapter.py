@@ -118,6 +118,7 @@ def observation(
     txn_id = get(A.TXN_ID)
     read_facts = get(A.READ_FACTS)
     write_facts = get(A.WRITE_FACTS)
+    write_fields = get(A.WRITE_FIELDS) if write_facts else None
     return Observation(
         span_id=span_id,
         trace_id=trace_id,
@@ -126,7 +127,7 @@ def observation(
         start_ns=start_ns,
         end_ns=end_ns,
         reads=pairs(read_facts, get(A.READ_VERSIONS)) if read_facts else (),
-        writes=pairs(write_facts, get(A.WRITE_VERSIONS)) if write_facts else (),
+        writes=pairs(write_facts, get(A.WRITE_VERSIONS), write_fields) if write_facts else (),
         store=store if type(store) is str and store else "unknown",
         tier=tier,
         agent_scope=agent_scope,
@@ -135,25 +136,63 @@ def observation(
         txn_id=txn_id if type(txn_id) is str and txn_id else None,
         committed=committed if isinstance(committed, bool) else True,
         failed=failed,
+        applied=committed is True,
         process=process,
     )
 
 
-def pairs(facts: object, versions: object) -> tuple[FactVersion, ...]:
-    """Parallel `facts` / `versions` arrays as (fact, version) pairs."""
+def pairs(facts: object, versions: object, fields: object = None) -> tuple[FactVersion, ...]:
+    """Parallel `facts` / `versions` (and for writes `agentstate.write.fields`) arrays as
+    (fact, version, fields) triples. Fields that do not line up are ignored: whole writes."""
     if not isinstance(facts, Sequence) or not isinstance(versions, Sequence):
         return ()
     if isinstance(facts, str) or isinstance(versions, str):
         return ()
+    merged: Sequence[object] = ()
+    if isinstance(fields, Sequence) and not isinstance(fields, str) and len(fields) == len(facts):
+        merged = fields
     out = []
-    for fact, version in zip(facts, versions, strict=False):
+    for index, (fact, version) in enumerate(zip(facts, versions, strict=False)):
         if not isinstance(fact, str) or not isinstance(version, str):
             continue
         try:
-            out.append(FactVersion(fact, _parse(version)))
+            parsed = _parse(version)
         except VersionError:
             _log.debug("ignoring bad version %r of %s", version, fact)
+            continue
+        names = decode_fields(merged[index]) if merged else None
+        out.append(FactVersion(fact, parsed, names))
     return tuple(out)
+
+
+# Bounds of one `agentstate.write.fields` element; beyond them the write counts as whole.
+MAX_FIELDS = 64
+MAX_FIELDS_CHARS = 2_048
+
+
+def encode_fields(names: object) -> str:
+    """One `agentstate.write.fields` element: the field names a merge write set, sorted,
+    comma-separated, `%` and `,` percent-encoded. "" (a whole-value write) when there are
+    none, too many, or a name is empty or not text."""
+    if not isinstance(names, (set, frozenset, list, tuple)) or not names:
+        return ""
+    if len(names) > MAX_FIELDS:
+        return ""
+    parts = []
+    for name in names:
+        if not isinstance(name, str) or not name:
+            return ""
+        parts.append(name.replace("%", "%25").replace(",", "%2C"))
+    text = ",".join(sorted(set(parts)))
+    return text if len(text) <= MAX_FIELDS_CHARS else ""
+
+
+def decode_fields(value: object) -> frozenset[str] | None:
+    """The fields of one `agentstate.write.fields` element (None: the whole value). The
+    names stay encoded: they are only compared with each other."""
+    if not isinstance(value, str) or not value:
+        return None
+    return frozenset(value.split(","))
 
 
 def anomaly_attributes(anomaly: Anomaly) -> dict[str, Any]:

@@ -19,6 +19,10 @@ TXN_ID: Final = "agentstate.txn.id"
 COMMITTED: Final = "agentstate.committed"
 TXN_OUTCOME: Final = "agentstate.txn.outcome"
 CONSISTENCY: Final = "agentstate.consistency"
+# Ours, beyond the SPEC table: parallel to write.facts, the fields (hash fields, payload keys)
+# each write merged into the stored value, comma-separated ("," and "%" percent-encoded);
+# "" for a write that replaced the whole value. Field names only, never values.
+WRITE_FIELDS: Final = "agentstate.write.fields"
 # Ours, beyond the SPEC table: statements whose facts could not be resolved to rows.
 UNRESOLVED: Final = "agentstate.unresolved"
 # Ours: the kind of scope span opened by the API (agent, decision, mutation, workflow).

@@ -343,7 +343,13 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
 
 
 def detect_lost_updates(history: History, *, facts: Iterable[str] | None = None) -> list[Anomaly]:
-    """Two committed writes of a fact whose writers both last read the same version (Elle)."""
+    """Two committed writes of a fact whose writers both last read the same version (Elle).
+
+    A merge write (HSET of some fields, Qdrant set_payload of some keys) is a read-modify-write
+    the server applies to the stored value: it keeps every field it does not set. So two
+    merges overwrite each other only where their fields meet; a whole-value write overwrites
+    everything. Merges of disjoint fields lose nothing.
+    """
     found: list[Anomaly] = []
     for fact in history.facts() if facts is None else facts:
         for based in _based_writes(history, fact).values():
@@ -353,8 +359,18 @@ def detect_lost_updates(history: History, *, facts: Iterable[str] | None = None)
                         continue
                     if first.version.same_as(first_read.version):
                         continue  # the first write changed nothing: nothing was lost
+                    if not overwrites(second, first):
+                        continue  # disjoint merges: both survive on the server
                     found.append(_lost_update(fact, first, first_read, second, second_read))
     return found
+
+
+def overwrites(later: Write, earlier: Write) -> bool:
+    """Whether `later` can overwrite what `earlier` wrote: not when both merged fields into
+    the stored value and no field is common to both."""
+    if later.fields is None or earlier.fields is None:
+        return True
+    return not later.fields.isdisjoint(earlier.fields)
 
 
 def _lost_update(

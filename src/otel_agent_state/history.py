@@ -36,6 +36,8 @@ class Write:
     # The earliest moment the write can have taken effect: a transactional write becomes
     # visible at its COMMIT, not when its statement ran (None: the statement's start).
     effective_ns: int | None = None
+    # The fields it merged into the stored value (None: it replaced the whole value).
+    fields: frozenset[str] | None = None
 
     @property
     def committed(self) -> bool:
@@ -76,7 +78,7 @@ def decision_actor_key(decision: Scope) -> str:
 
 def is_act(obs: Observation) -> bool:
     """A write that happened: what "went on to write" means for the detectors."""
-    return bool(obs.writes) and obs.op != Op.READ and not obs.failed
+    return bool(obs.writes) and obs.op != Op.READ and not obs.writes_void
 
 
 @dataclass
@@ -240,7 +242,7 @@ class History:
         for obs in log.writes:
             for item in obs.writes:
                 if item.fact == fact:
-                    out.append(self._write(fact, item.version, obs))
+                    out.append(self._write(fact, item.version, obs, item.fields))
         # Read or written outside the cache: cache fills and invalidations are copies.
         if any(w.obs.tier != Tier.CACHE for w in out) or any(
             o.tier != Tier.CACHE for o in log.reads
@@ -262,20 +264,26 @@ class History:
     def committed_writes(self, fact: str) -> list[Write]:
         return [w for w in self.writes(fact) if w.committed]
 
-    def _write(self, fact: str, version: Version, obs: Observation) -> Write:
-        if obs.failed:
-            return Write(fact, version, obs, None, None)
+    def _write(
+        self, fact: str, version: Version, obs: Observation, fields: frozenset[str] | None
+    ) -> Write:
+        # A failed operation applied nothing, unless its span says the store applied its
+        # writes (explicit `agentstate.committed=true`: a pipeline whose later command failed).
+        if obs.writes_void:
+            return Write(fact, version, obs, None, None, fields=fields)
         if obs.committed or obs.txn_id is None:
-            return Write(fact, version, obs, obs.end_ns, None)
+            return Write(fact, version, obs, obs.end_ns, None, fields=fields)
         end = self.txn_ends.get(obs.txn_id)
         if end is None:
-            return Write(fact, version, obs, None, None)
+            return Write(fact, version, obs, None, None, fields=fields)
         if end.outcome == "commit":
             commit_ns = max(end.end_ns, obs.end_ns)
             begun = end.start_ns if end.start_ns is not None else end.end_ns
             effective = min(max(begun, obs.start_ns), commit_ns)
-            return Write(fact, version, obs, commit_ns, end.span_id, effective_ns=effective)
-        return Write(fact, version, obs, None, None, rolled_back=True)
+            return Write(
+                fact, version, obs, commit_ns, end.span_id, effective_ns=effective, fields=fields
+            )
+        return Write(fact, version, obs, None, None, rolled_back=True, fields=fields)
 
     def reads(self, fact: str) -> list[Read]:
         """Every read of `fact`, in the order the reads ended. Callers must not change it."""

@@ -146,6 +146,10 @@ def ordinal_version(value: int) -> Version:
 class FactVersion:
     fact: str
     version: Version
+    # For a write: the fields (hash fields, payload keys) it merged into the stored value on
+    # the server, an atomic read-modify-write that keeps every other field. None: the write
+    # replaced (or deleted) the whole value.
+    fields: frozenset[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,8 +172,17 @@ class Observation:
     txn_id: str | None = None
     committed: bool = True
     failed: bool = False  # the operation itself ended in error
+    # `agentstate.committed=true` said explicitly: the store applied the writes, even if the
+    # operation then failed (a non-transactional pipeline whose later command errored).
+    applied: bool = False
     process: str = ""  # where the span was made; clock skew applies across processes
     fact_rules: tuple[str, ...] = ()  # rule name per fact (reads then writes), for metrics
+
+    @property
+    def writes_void(self) -> bool:
+        """Its writes never took effect: the operation failed and nothing says the store
+        applied them."""
+        return self.failed and not self.applied
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,7 @@ class VersionOrder:
     __slots__ = ("_by_version", "_cyclic", "_index", "_pred", "_writes")
 
     def __init__(self, writes: Sequence[Write], reads: Sequence[Read] = (), skew_ns: int = 0):
-        nodes = [w for w in writes if not w.rolled_back and not w.obs.failed]
+        nodes = [w for w in writes if not w.rolled_back and not w.obs.writes_void]
         self._writes = nodes
         self._index = {id(w): i for i, w in enumerate(nodes)}
         self._by_version: dict[str, list[int]] = {}

@@ -370,11 +370,6 @@ def concurrent_hset_same_field(env: Env) -> None:
     "two agents read a preferences hash, then HSET different fields (both kept)",
     stores=("redis",),
     rules=RULES,
-    known_issue=(
-        "lost_update false positive: HSET of one field merges into the stored hash on the "
-        "server (an atomic read-modify-write, like INCR), yet it is recorded as a plain "
-        "write based on the agent's earlier HGETALL; nothing is lost, both fields are kept"
-    ),
 )
 def concurrent_hset_different_fields(env: Env) -> None:
     client = _setup(env)
@@ -462,11 +457,6 @@ def transfer_multi_aborted(env: Env) -> None:
     expect={"orphaned_mutation": 1},
     stores=("redis",),
     rules=RULES,
-    known_issue=(
-        "orphaned_mutation missed: the PIPELINE span records the applied SET (write.facts) "
-        "but ends with status ERROR (the HINCRBY's error is raised), and History._write "
-        "treats every write of a failed span as never committed, though Redis applied it"
-    ),
 )
 def transfer_pipeline_partly_applied(env: Env) -> None:
     client = _setup(env)

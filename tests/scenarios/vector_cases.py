@@ -312,11 +312,6 @@ def concurrent_set_payload_same_key(env: Env) -> None:
     "two agents retrieve a payload, then set_payload different keys (both kept)",
     stores=QDRANT,
     rules=RULES,
-    known_issue=(
-        "lost_update false positive: set_payload merges keys into the stored payload on the "
-        "server (an atomic read-modify-write), yet it is recorded as a plain write based on "
-        "the agent's earlier retrieve; nothing is lost, both keys are kept"
-    ),
 )
 def concurrent_set_payload_different_keys(env: Env) -> None:
     client = _setup(env)

@@ -55,6 +55,9 @@ class Effect:
     op: Literal["r", "w"]
     key: Any  # as the application passed it (str, bytes, int, ...)
     value: Value
+    # A write that merges these hash fields into the stored hash (HSET, HDEL), keeping the
+    # others: the server's read-modify-write. None: the write replaces the whole value.
+    fields: tuple[Any, ...] | None = None
 
 
 UNKNOWN: Any = object()  # the response is not known (a pipeline that raised)
@@ -114,7 +117,12 @@ def _set(args: Sequence[Any], resp: Any) -> list[Effect]:
     if "GET" in flags:
         if resp is UNKNOWN:
             return []
-        out = [Effect("r", key, _str_value(resp))]
+        # redis-py returns the old value only when told (`set(get=True)`); a raw
+        # execute_command gets its SET callback's bool: True if the old value was "OK",
+        # False for any other (non-empty) value, which is then unknown.
+        out = (
+            [] if resp is False else [Effect("r", key, _str_value(b"OK" if resp is True else resp))]
+        )
         done = (resp is None) if "NX" in flags else (resp is not None) if "XX" in flags else True
         if done:
             out.append(Effect("w", key, value))
@@ -212,19 +220,19 @@ def _hset(args: Sequence[Any], resp: Any) -> list[Effect]:
     if len(args) < 4 or len(pairs) % 2:
         return []
     fields = {pairs[i]: pairs[i + 1] for i in range(0, len(pairs), 2)}
-    return [Effect("w", args[1], Value("hash_set", fields))]
+    return [Effect("w", args[1], Value("hash_set", fields), tuple(fields))]
 
 
 def _hsetnx(args: Sequence[Any], resp: Any) -> list[Effect]:
     if len(args) < 4 or resp is UNKNOWN or not resp:
         return []
-    return [Effect("w", args[1], Value("hash_set", {args[2]: args[3]}))]
+    return [Effect("w", args[1], Value("hash_set", {args[2]: args[3]}), (args[2],))]
 
 
 def _hdel(args: Sequence[Any], resp: Any) -> list[Effect]:
     if len(args) < 3 or resp is UNKNOWN or not resp:
         return []
-    return [Effect("w", args[1], Value("refetch_hash"))]
+    return [Effect("w", args[1], Value("refetch_hash"), tuple(args[2:]))]
 
 
 def _root(path: Any) -> bool:
@@ -366,6 +374,19 @@ def command_name(args: Sequence[Any]) -> str:
 
 def first_key(args: Sequence[Any]) -> Any:
     return args[1] if len(args) > 1 else None
+
+
+def written_keys(name: str, args: Sequence[Any]) -> list[Any]:
+    """Keys a command of ours may write, whatever its response (for a command whose outcome
+    is unknown). Read-only and unknown commands: none."""
+    entry = COMMANDS.get(name)
+    if entry is None or entry[0] == "read" or len(args) < 2:
+        return []
+    if name in ("DEL", "UNLINK"):
+        return list(args[1:])
+    if name in ("MSET", "MSETNX"):
+        return list(args[1::2])
+    return [args[1]]
 
 
 def effects(name: str, args: Sequence[Any], response: Any) -> list[Effect]:

@@ -30,6 +30,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import attributes as A
 from .. import runtime
+from ..adapter import encode_fields
 from ..config import FactRule, Settings
 from ..errors import StaleReadError
 from ..model import VersionError, parse_version
@@ -140,6 +141,19 @@ def version_field(rule: FactRule | None, *names: str) -> str | None:
     return None
 
 
+def merged_keys(names: Any) -> frozenset[str] | None:
+    """The top-level record keys a merge write sets, None (a whole-record write, for the
+    detectors) unless they are plain strings: a dotted or indexed path may overlap another
+    key in ways plain names do not show."""
+    if isinstance(names, Mapping):
+        names = list(names)
+    if not isinstance(names, (list, tuple, set, frozenset)) or not names:
+        return None
+    if not all(isinstance(n, str) and n and not any(c in n for c in ".[]") for n in names):
+        return None
+    return frozenset(names)
+
+
 def key_part(value: Any) -> str:
     """One fact-key segment: `/` separates segments, so it is escaped."""
     if isinstance(value, float) and value.is_integer():
@@ -198,6 +212,8 @@ class VectorCall:
         self.tier_set = False
         self.reads: dict[str, str] = {}
         self.writes: dict[str, str] = {}
+        # Per written fact, the keys a merge write set in the stored record (None: whole).
+        self.fields: dict[str, frozenset[str] | None] = {}
         self.ended = False
 
     def attach(self) -> object:
@@ -224,10 +240,16 @@ class VectorCall:
             self.reads.pop(fact, None)
             self.reads[fact] = version
 
-    def write(self, fact: str, version: str) -> None:
+    def write(self, fact: str, version: str, fields: frozenset[str] | None = None) -> None:
+        """`fields`: the record's keys (payload keys, metadata keys) the write merged into the
+        stored record, keeping its other keys; None: it replaced the whole record."""
         if fact in self.writes or len(self.writes) < MAX_FACTS_PER_SPAN:
+            if fact in self.writes:  # written twice in one call: the union, whole if either
+                before = self.fields.get(fact)
+                fields = None if before is None or fields is None else before | fields
             self.writes.pop(fact, None)
             self.writes[fact] = version
+            self.fields[fact] = fields
 
     def unresolved(self, reason: str) -> None:
         self.span.set_attribute(A.UNRESOLVED, reason)
@@ -239,6 +261,10 @@ class VectorCall:
         if self.writes:
             self.span.set_attribute(A.WRITE_FACTS, list(self.writes))
             self.span.set_attribute(A.WRITE_VERSIONS, list(self.writes.values()))
+            if any(self.fields.get(fact) is not None for fact in self.writes):
+                self.span.set_attribute(
+                    A.WRITE_FIELDS, [encode_fields(self.fields.get(f)) for f in self.writes]
+                )
         self.span.set_attribute(A.COMMITTED, True)
         if store_order is not None:
             self.span.set_attribute(STORE_ORDER, store_order)

@@ -54,6 +54,34 @@ def _ids(value: Any) -> list[str] | None:
     return None
 
 
+# Chroma's own names for a record's document and embedding (reserved: never metadata keys).
+_DOCUMENT, _EMBEDDING = "chroma:document", "chroma:embedding"
+
+
+def _merged(args: Mapping[str, Any], index: int) -> frozenset[str] | None:
+    """What `update`/`upsert` of the `index`-th record changes: the metadata keys it names
+    (Chroma merges them into the stored metadata, keeping the others), its document and its
+    embedding if given. None (a whole-record write) when that is not plain."""
+    if args.get("images") is not None or args.get("uris") is not None:
+        return None
+    names: set[str] = set()
+    metadatas = args.get("metadatas")
+    if isinstance(metadatas, Mapping):
+        metadatas = [metadatas]
+    if metadatas is not None:
+        if not isinstance(metadatas, Sequence) or index >= len(metadatas):
+            return None
+        metadata = metadatas[index]
+        if not isinstance(metadata, Mapping) or not all(isinstance(k, str) for k in metadata):
+            return None
+        names.update(metadata)
+    if args.get("documents") is not None:
+        names.update((_DOCUMENT, _EMBEDDING))  # a new document is embedded again
+    elif args.get("embeddings") is not None:
+        names.add(_EMBEDDING)
+    return frozenset(names) or None
+
+
 def _version(
     settings: Settings, rule: FactRule | None, document: Any, metadata: Any, included: set[str]
 ) -> str | None:
@@ -149,7 +177,8 @@ class _Chroma:
         states = {
             rid: (doc, meta) for rid, doc, meta in zip(returned, documents, metadatas, strict=False)
         }
-        for rid in plan.data.get("ids", ()):
+        merges = plan.method in ("update", "upsert")
+        for index, rid in enumerate(plan.data.get("ids", ())):
             fact, rule = self._fact(plan, rid)
             if rid not in states:
                 plan.call.write(fact, "none")
@@ -157,7 +186,7 @@ class _Chroma:
             doc, meta = states[rid]
             version = _version(plan.call.settings, rule, doc, meta, set(_FULL))
             if version is not None:
-                plan.call.write(fact, version)
+                plan.call.write(fact, version, _merged(plan.args, index) if merges else None)
 
     def finish(self, plan: Plan, result: Any) -> None:
         call = plan.call

@@ -39,6 +39,7 @@ from ._vector import (
     field_value,
     field_version,
     key_part,
+    merged_keys,
     sync_wrapper,
     version_field,
 )
@@ -244,6 +245,8 @@ class _LanceDB:
                 self._unresolved(plan, "rows not identified")
                 return None
             ids = plan.data["ids"]
+            if method == "update":  # sets these columns of the stored rows, keeps the others
+                plan.data["fields"] = merged_keys(args.get("values") or args.get("values_sql"))
             if method == "delete":
                 for row_id in ids:
                     plan.call.write(self._fact(plan, row_id)[0], "none")
@@ -275,7 +278,7 @@ class _LanceDB:
                 continue
             version = _version(settings, rule, row, full=True)
             if version is not None:
-                plan.call.write(fact, version)
+                plan.call.write(fact, version, plan.data.get("fields"))
 
     def finish(self, plan: Plan, result: Any) -> None:
         call = plan.call

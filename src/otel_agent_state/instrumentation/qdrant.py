@@ -33,6 +33,7 @@ from ._vector import (
     field_value,
     field_version,
     key_part,
+    merged_keys,
     sync_wrapper,
     version_field,
 )
@@ -185,6 +186,12 @@ def _record_write(plan: Plan) -> None:
         return
     if method in _REFETCHED:
         plan.data["refetch"] = selected[:_MAX_REFETCH]
+        # The keys merged into (or deleted from) each payload, the others kept; a `key=`
+        # (nested path) set_payload counts as a whole-payload write.
+        if method == "delete_payload":
+            plan.data["fields"] = merged_keys(args.get("keys"))
+        elif args.get("key") is None:
+            plan.data["fields"] = merged_keys(args.get("payload"))
         return
     for pid in selected:
         if call.full():
@@ -201,6 +208,7 @@ def _record_write(plan: Plan) -> None:
 
 def _record_refetched(plan: Plan, records: Any) -> None:
     by_id = {_point_id(getattr(r, "id", None)): r for r in records or ()}
+    fields = plan.data.get("fields")
     for pid in plan.data.get("refetch", ()):
         found = _fact(plan, pid)
         if found is None:
@@ -212,7 +220,7 @@ def _record_refetched(plan: Plan, records: Any) -> None:
             continue
         version = _version(plan.call.settings, rule, getattr(record, "payload", None), "full")
         if version is not None:
-            plan.call.write(fact, version)
+            plan.call.write(fact, version, fields)
 
 
 def _returned(plan: Plan, result: Any) -> list[tuple[Any, str]]:

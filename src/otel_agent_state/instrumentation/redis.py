@@ -7,8 +7,12 @@ facts it read or wrote (`redis:<db>/<key>`, mapped by fact rules) and their vers
 (a configured JSON / hash field, else a keyed digest of the value as Redis stores it).
 DEL/UNLINK (and an EXPIRE that deletes at once) write `none`: invalidations. A MULTI/EXEC
 pipeline is a transaction (`agentstate.txn.id`, its outcome on the same span); a plain
-pipeline records every command's facts on its one span. Tier `cache` unless a fact rule's
-key pattern says otherwise.
+pipeline records every command's facts on its one span. A raw `MULTI` sent through
+`execute_command` is followed to its EXEC: queued commands apply nothing until then, so
+their facts go on the EXEC span. Writes applied outside a transaction say
+`agentstate.committed=true`, so they count even when the span then fails (a pipeline whose
+later command raised). HSET/HDEL carry the fields they merged (`agentstate.write.fields`).
+Tier `cache` unless a fact rule's key pattern says otherwise.
 
 Coexistence with contrib's opentelemetry-instrumentation-redis: our wrappers go under any
 wrappers already there (next to redis-py's function), so contrib's span, when there is one,
@@ -19,7 +23,10 @@ is the database span and we annotate it. Nothing of ours raises into the applica
 from __future__ import annotations
 
 import logging
+import re
+import threading
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -34,6 +41,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__, runtime
 from .. import attributes as A
+from ..adapter import encode_fields
 from ..config import FactRule, get_settings
 from ..errors import StaleReadError
 from ._redis_commands import (
@@ -47,6 +55,7 @@ from ._redis_commands import (
     command_name,
     effects,
     key_text,
+    written_keys,
 )
 from ._redis_commands import _parse_json as parse_json
 
@@ -55,6 +64,7 @@ _log = logging.getLogger(__name__)
 _CONTRIB_SCOPE = "opentelemetry.instrumentation.redis"
 _MAX_FACTS = 1_000  # facts recorded on one span
 _MAX_SUMMARY_NAMES = 8
+_MAX_QUEUED = 1_000  # commands of one raw MULTI remembered until its EXEC
 _PENDING = ""  # a write whose version is read again after the command
 BATCH_SIZE = "db.operation.batch.size"
 
@@ -124,6 +134,12 @@ class _Recorder:
         self.refetch: list[tuple[str, str, FactRule | None, str, Any]] = []
         self.tier: str | None = None
         self.unresolved: str | None = None
+        # Per written fact, the hash fields its writes merged in (None: the whole value).
+        self.fields: dict[str, frozenset[str] | None] = {}
+        # Redis applied the writes as the commands ran (no MULTI): say so explicitly, so they
+        # count even when the span ends in error (a later command of a pipeline failed).
+        self.applied = True
+        self.txn: tuple[str, str] | None = None  # (id, outcome) of a raw MULTI ended here
 
     def physical(self, key: Any) -> str:
         return f"{STORE}:{self.db}/{key_text(self.versions.raw(key))}"
@@ -147,12 +163,28 @@ class _Recorder:
                     continue
                 self.reads[fact] = version
                 continue
+            names = self.field_names(effect.fields)
+            if fact in self.writes:  # several writes of one fact in one span: their union
+                before = self.fields.get(fact)
+                names = None if before is None or names is None else before | names
+            self.fields[fact] = names
             self.writes.pop(fact, None)
             if version is None:
                 kind = "json" if effect.value.kind == "refetch_json" else "hash"
                 self.refetch.append((fact, physical, resolved.rule, kind, effect.key))
                 version = _PENDING
             self.writes[fact] = version
+
+    def field_names(self, fields: tuple[Any, ...] | None) -> frozenset[str] | None:
+        if not fields:
+            return None
+        return frozenset(key_text(self.versions.raw(name)) for name in fields)
+
+    def drop(self, facts: set[str], reason: str) -> None:
+        """Forget writes whose final version is unknown (a later command may have changed it)."""
+        for fact in facts & self.writes.keys():
+            del self.writes[fact]
+            self.unresolved = reason
 
     def pending(self) -> list[tuple[str, str, FactRule | None, str, Any]]:
         return [item for item in self.refetch if self.writes.get(item[0]) == _PENDING]
@@ -184,6 +216,7 @@ class _Recorder:
                 op = "read"
             out[A.OP] = op
             out[A.TIER] = self.tier or "cache"
+            out[A.STORE] = STORE  # EXEC of a raw MULTI is not one of our commands
         if self.reads:
             out[A.READ_FACTS] = list(self.reads)
             out[A.READ_VERSIONS] = list(self.reads.values())
@@ -191,6 +224,14 @@ class _Recorder:
         if self.writes:
             out[A.WRITE_FACTS] = list(self.writes)
             out[A.WRITE_VERSIONS] = list(self.writes.values())
+            if any(self.fields.get(fact) is not None for fact in self.writes):
+                out[A.WRITE_FIELDS] = [encode_fields(self.fields.get(f)) for f in self.writes]
+            if self.applied and self.txn is None:
+                out[A.COMMITTED] = True
+        if self.txn is not None:
+            out[A.TXN_ID], out[A.TXN_OUTCOME] = self.txn
+            if self.writes:
+                out[A.COMMITTED] = self.txn[1] == "commit"
         if self.unresolved:
             out[A.UNRESOLVED] = self.unresolved
         if out:
@@ -292,6 +333,143 @@ def _record_command(instance: Any, args: Sequence[Any], result: Any) -> _Recorde
     return recorder
 
 
+# --------------------------------------------------------------------------- raw MULTI
+
+
+class _RawTxn:
+    """A transaction opened by `execute_command("MULTI")`: Redis queues the commands that
+    follow (reply QUEUED) and applies them only at EXEC; DISCARD, a reconnect or an error at
+    EXEC drops them. So a queued command records nothing; EXEC records them all with its
+    replies."""
+
+    def __init__(self) -> None:
+        self.txn_id = uuid.uuid4().hex
+        self.queued: list[tuple[Sequence[Any], dict[str, Any]]] = []
+        self.overflow = False
+        self.dead = False
+
+    def queue(self, args: Sequence[Any], options: dict[str, Any]) -> None:
+        if len(self.queued) < _MAX_QUEUED:
+            self.queued.append((tuple(args), dict(options)))
+        else:
+            self.overflow = True
+
+    def reset(self, connection: Any) -> None:
+        """redis-py's connect callback: a new connection is not in MULTI."""
+        self.dead = True
+
+
+class _RawTxns:
+    """Open raw MULTIs by connection (a single-connection client's), else by client."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: weakref.WeakKeyDictionary[Any, _RawTxn] = weakref.WeakKeyDictionary()
+
+    @staticmethod
+    def owner(instance: Any) -> Any:
+        connection = getattr(instance, "connection", None)
+        return connection if connection is not None else instance
+
+    def get(self, owner: Any) -> _RawTxn | None:
+        with self._lock:
+            try:
+                txn: _RawTxn | None = self._open.get(owner)
+            except TypeError:  # an owner that cannot be weakly referenced: not tracked
+                return None
+            if txn is not None and txn.dead:
+                del self._open[owner]
+                return None
+            return txn
+
+    def open(self, owner: Any) -> None:
+        txn = _RawTxn()
+        with self._lock:
+            try:
+                self._open[owner] = txn
+            except TypeError:
+                return
+        register = getattr(owner, "register_connect_callback", None)
+        if callable(register):
+            register(txn.reset)
+
+    def close(self, owner: Any, txn: _RawTxn) -> None:
+        with self._lock:
+            if self._open.get(owner) is txn:
+                del self._open[owner]
+        deregister = getattr(owner, "deregister_connect_callback", None)
+        if callable(deregister):
+            deregister(txn.reset)
+
+
+_raw_txns = _RawTxns()
+
+
+def _exec_replies(instance: Any, txn: _RawTxn, replies: Any) -> list[Any] | None:
+    """EXEC's replies as redis-py returns them from a MULTI pipeline (callbacks applied)."""
+    if not isinstance(replies, list) or len(replies) != len(txn.queued) or txn.overflow:
+        return None
+    callbacks = getattr(instance, "response_callbacks", None) or {}
+    out: list[Any] = []
+    for (args, options), reply in zip(txn.queued, replies, strict=True):
+        callback = callbacks.get(args[0]) if not isinstance(reply, Exception) else None
+        if callback is not None:
+            try:
+                reply = callback(reply, **{k: v for k, v in options.items() if k != "keys"})
+            except Exception:
+                reply = UNKNOWN
+        out.append(reply)
+    return out
+
+
+def _after_command(
+    instance: Any, args: Sequence[Any], options: dict[str, Any], result: Any
+) -> _Recorder | None:
+    """What a command that returned did, raw MULTI included (None: nothing to record)."""
+    name = command_name(args)
+    owner = _raw_txns.owner(instance)
+    txn = _raw_txns.get(owner)
+    if txn is None:
+        if name == "MULTI":
+            _raw_txns.open(owner)
+            return None
+        return _record_command(instance, args, result)
+    if name not in ("EXEC", "DISCARD", "RESET"):
+        txn.queue(args, options)
+        return None
+    _raw_txns.close(owner, txn)
+    recorder = _Recorder(instance)
+    recorder.applied = False
+    if name != "EXEC" or result is None:  # DISCARD, or EXEC aborted by WATCH
+        if txn.queued:
+            recorder.txn = (txn.txn_id, "rollback")
+        return recorder
+    recorder.txn = (txn.txn_id, "commit")
+    replies = _exec_replies(instance, txn, result)
+    if replies is None:
+        recorder.unresolved = "transaction replies"
+        return recorder
+    for (queued, _), reply in zip(txn.queued, replies, strict=True):
+        recorder.add(effects(command_name(queued), queued, reply))
+    return recorder
+
+
+def _command_failed(instance: Any, args: Sequence[Any], exc: BaseException) -> None:
+    """EXEC/DISCARD that raised, or a lost connection, ends a raw MULTI: nothing applied."""
+    try:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        owner = _raw_txns.owner(instance)
+        txn = _raw_txns.get(owner)
+        if txn is None:
+            return
+        lost = isinstance(exc, (ConnectionError, TimeoutError))
+        if lost or command_name(args) in ("EXEC", "DISCARD", "RESET"):
+            _raw_txns.close(owner, txn)
+    except Exception:
+        _log.debug("ending the raw MULTI failed", exc_info=True)
+
+
 # --------------------------------------------------------------------------- pipelines
 
 
@@ -334,10 +512,29 @@ class _Batch:
 
     def record(self, instance: Any, responses: Any) -> _Recorder:
         recorder = _Recorder(instance)
+        recorder.applied = not self.txn  # a MULTI's writes count with its outcome
         known = isinstance(responses, list) and len(responses) == len(self.stack)
         for index, (args, _) in enumerate(self.stack):
             response = responses[index] if known else UNKNOWN
             recorder.add(effects(command_name(args), args, response))
+        return recorder
+
+    def record_failed(self, instance: Any, applied: int) -> _Recorder:
+        """The commands before the first failed one ran without error (their replies are
+        unknown); the failed one changed nothing; whether later ones ran or failed is not
+        known, so what they may have written is left out."""
+        recorder = _Recorder(instance)
+        recorder.applied = not self.txn
+        for args, _ in self.stack[:applied]:
+            recorder.add(effects(command_name(args), args, UNKNOWN))
+        recorder.reads.clear()  # their values were never returned
+        later: set[str] = set()
+        for args, _ in self.stack[applied + 1 :]:
+            for key in written_keys(command_name(args), args):
+                later.add(recorder.settings.resolve(recorder.physical(key)).key)
+        if later:
+            recorder.drop(later, "outcome unknown")
+            recorder.unresolved = "outcome unknown"
         return recorder
 
     def outcome(self, span: Span, outcome: str, wrote: bool) -> None:
@@ -349,19 +546,35 @@ class _Batch:
             span.set_attribute(A.COMMITTED, outcome == "commit")
 
 
-def _failed_batch(exc: BaseException) -> tuple[str, bool]:
-    """(transaction outcome, whether the commands ran) for an exception from execute()."""
+# redis-py names the first failed command of a pipeline in the error it raises.
+_FIRST_ERROR = re.compile(r"Command # (\d+) \(")
+
+
+def _first_failed(exc: BaseException) -> int | None:
+    """The 1-based position of the command whose error execute() raised, if it says."""
+    text = exc.args[0] if exc.args and isinstance(exc.args[0], str) else ""
+    found = _FIRST_ERROR.match(text)
+    return int(found.group(1)) if found else None
+
+
+def _failed_batch(exc: BaseException) -> tuple[str | None, int | None]:
+    """(transaction outcome, None if unknown; how many leading commands are known to have
+    been applied, None: none known) for an exception from execute()."""
     from redis.exceptions import ExecAbortError, ResponseError, WatchError
 
     if isinstance(exc, (WatchError, ExecAbortError)):
-        return "rollback", False  # nothing was applied
+        return "rollback", None  # nothing was applied
     if isinstance(exc, ResponseError):
         # redis-py raises a queued command's error in place of EXECABORT (from it): nothing
-        # ran. Otherwise EXEC ran and one command's error was raised afterwards.
+        # ran. Otherwise the commands ran and the first one's error was raised afterwards:
+        # those before it were applied.
         if isinstance(exc.__cause__ or exc.__context__, ExecAbortError):
-            return "rollback", False
-        return "commit", True
-    return "rollback", False  # connection lost or similar: nothing shows it was applied
+            return "rollback", None
+        first = _first_failed(exc)
+        if first is None or first < 1:
+            return None, None  # e.g. refused at connect: nothing shows EXEC ran, or did not
+        return "commit", first - 1
+    return "rollback", None  # connection lost or similar: nothing shows it was applied
 
 
 def _watch_error(exc: BaseException) -> bool:
@@ -373,11 +586,10 @@ def _watch_error(exc: BaseException) -> bool:
 def _batch_failed(batch: _Batch, instance: Any, exc: BaseException) -> _Recorder | None:
     """Record what a failed execute() did; returns a recorder that may need follow-ups."""
     try:
-        outcome, ran = _failed_batch(exc)
-        recorder = batch.record(instance, None) if ran else None
-        if recorder is not None:
-            recorder.reads.clear()  # their values were never returned
-        batch.outcome(batch.call.span, outcome, bool(recorder and recorder.writes))
+        outcome, applied = _failed_batch(exc)
+        recorder = batch.record_failed(instance, applied) if applied is not None else None
+        if outcome is not None:
+            batch.outcome(batch.call.span, outcome, bool(recorder and recorder.writes))
         return recorder
     except Exception:
         _log.debug("recording the failed pipeline failed", exc_info=True)
@@ -421,15 +633,17 @@ def _command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
             call.deactivate(token)
+            _command_failed(instance, args, exc)
             call.fail(exc)
             raise
         call.deactivate(token)
         reads = False
         try:
-            recorder = _record_command(instance, args, result)
-            _refetch_sync(instance, recorder)
-            recorder.apply(call.span)
-            reads = bool(recorder.reads)
+            recorder = _after_command(instance, args, kwargs, result)
+            if recorder is not None:
+                _refetch_sync(instance, recorder)
+                recorder.apply(call.span)
+                reads = bool(recorder.reads)
         except Exception:
             _log.debug("recording the command failed", exc_info=True)
         call.guard(reads)
@@ -521,15 +735,17 @@ def _async_command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
             result = await wrapped(*args, **kwargs)
         except BaseException as exc:
             call.deactivate(token)
+            _command_failed(instance, args, exc)
             call.fail(exc)
             raise
         call.deactivate(token)
         reads = False
         try:
-            recorder = _record_command(instance, args, result)
-            await _refetch_async(instance, recorder)
-            recorder.apply(call.span)
-            reads = bool(recorder.reads)
+            recorder = _after_command(instance, args, kwargs, result)
+            if recorder is not None:
+                await _refetch_async(instance, recorder)
+                recorder.apply(call.span)
+                reads = bool(recorder.reads)
         except Exception:
             _log.debug("recording the command failed", exc_info=True)
         call.guard(reads)
