@@ -51,6 +51,7 @@ def _ops(op: str) -> Callable[[Any], Callable[[int], None]]:
 def run(quick: bool) -> list[Row]:
     import psycopg
     from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor as ContribPsycopg
+
     from otel_agent_state.instrumentation.psycopg import PsycopgInstrumentor as OurPsycopg
 
     contrib_provider = TracerProvider()

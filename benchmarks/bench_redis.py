@@ -42,6 +42,7 @@ def _ops(op: str) -> Callable[[object], Callable[[int], None]]:
 def run(quick: bool) -> list[Row]:
     import redis
     from opentelemetry.instrumentation.redis import RedisInstrumentor as ContribRedis
+
     from otel_agent_state.instrumentation.redis import RedisInstrumentor as OurRedis
 
     contrib_provider = TracerProvider()
