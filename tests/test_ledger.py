@@ -6,9 +6,18 @@ import threading
 from collections import Counter
 from dataclasses import replace
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from otel_agent_state.config import parse_consistency
-from otel_agent_state.detectors import detect_all
-from otel_agent_state.ledger import Ledger, LedgerLimits, LedgerStats
+from otel_agent_state.detectors import (
+    detect_all,
+    detect_divergent_views,
+    detect_lost_updates,
+    detect_orphaned_mutations,
+    detect_stale_reads,
+)
+from otel_agent_state.ledger import Ledger, LedgerLimits, LedgerStats, TraceState, _acted_after
 from otel_agent_state.model import (
     Anomaly,
     AnomalyKind,
@@ -20,7 +29,7 @@ from otel_agent_state.model import (
     parse_version,
 )
 
-from .histories import DIVERGENT, ERROR, LOST, ORPHAN, STALE, TRACE, WARNING, H
+from .histories import DIVERGENT, ERROR, LOST, MS, ORPHAN, STALE, TRACE, WARNING, H
 
 
 def _ledger(
@@ -492,3 +501,184 @@ def test_observation_budget_closes_least_recent_traces_and_keeps_memory_flat() -
     assert stats.evicted_traces >= 40
     ledger.close_all()
     assert ledger.stats().observations == 0
+
+
+# ---------------------------------------------------------------- shortcuts change nothing
+
+
+class _Unabridged(Ledger):
+    """The ledger without its shortcuts: every trace's History built at once, and at close
+    every detector over the whole trace. The real one must report exactly what this does."""
+
+    def _state(self, trace_id: str, out: list[Anomaly]) -> TraceState:
+        state = super()._state(trace_id, out)
+        assert state.history is not None  # built now, not at the first observation
+        return state
+
+    def _close(self, trace_id: str) -> list[Anomaly]:
+        state = self._traces.pop(trace_id)
+        self._observations -= state.observations
+        history = state.history
+        out: list[Anomaly] = []
+        for actor in list(state.pending):
+            out.extend(self._flush_pending(state, actor, Severity.WARNING))
+        late = detect_stale_reads(
+            history, self._consistency_of, clock_skew_ms=self.limits.clock_skew_ms
+        )
+        for anomaly in self._fresh(state, late):
+            acted = _acted_after(history, anomaly)
+            out.append(anomaly.with_severity(Severity.ERROR if acted else Severity.WARNING))
+        out.extend(self._fresh(state, detect_divergent_views(history)))
+        out.extend(self._fresh(state, detect_lost_updates(history)))
+        out.extend(self._fresh(state, detect_orphaned_mutations(history, closed=True)))
+        return out
+
+
+_AGENTS = ("scorer", "risk", "fraud")
+_VERSIONS = ("n:1", "n:2", "n:3", "h:aa", "h:bb", "none")
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> list[object]:
+    """Scopes, observations and transaction ends of one trace, in a possibly scrambled
+    arrival order (spans ending on other threads are handed over late)."""
+    h = H()
+    scopes = []
+    for name in _AGENTS[: draw(st.integers(1, 3))]:
+        start = draw(st.integers(0, 20))
+        end = draw(st.one_of(st.none(), st.integers(start + 1, 80)))
+        scopes.append(h.agent(name, (start, end), failed=draw(st.booleans())))
+    for _ in range(draw(st.integers(0, 2))):
+        index = draw(st.integers(0, len(scopes) - 1))
+        start = draw(st.integers(0, 70))
+        h.decision(_AGENTS[index], scopes[index], (start, start + draw(st.integers(1, 5))))
+    txns = ("t1", "t2")
+    for _ in range(draw(st.integers(1, 14))):
+        index = draw(st.integers(0, len(scopes) - 1))
+        agent, scope = _AGENTS[index], scopes[index]
+        fact = draw(st.sampled_from(("a", "b", "c")))
+        version = draw(st.sampled_from(_VERSIONS))
+        start = draw(st.integers(0, 70))
+        t = (start, start + draw(st.integers(0, 4)))
+        process = draw(st.sampled_from(("p1", "p2")))
+        kind = draw(st.sampled_from(("read", "write", "rmw")))
+        if kind == "read":
+            tier = draw(st.sampled_from(("primary", "cache", "replica")))
+            h.read(agent, fact, version, t, tier=tier, scope=scope, process=process)
+        elif kind == "write":
+            txn = draw(st.one_of(st.none(), st.sampled_from(txns)))
+            tier = draw(st.sampled_from(("primary", "cache")))
+            h.write(agent, fact, version, t, tier=tier, scope=scope, txn=txn, process=process)
+        else:
+            h.read_write(agent, fact, version, draw(st.sampled_from(_VERSIONS)), t, scope=scope)
+    for txn in txns:
+        outcome = draw(st.sampled_from(("commit", "rollback", None)))
+        if outcome is not None:
+            h.txn_end(txn, outcome, draw(st.integers(0, 80)))
+    timed: list[tuple[int, int, object]] = []
+    for scope_ in h.scopes:
+        timed.append((scope_.start_ns, 0, replace(scope_, end_ns=None)))
+        if scope_.end_ns is not None:
+            timed.append((scope_.end_ns, 2, scope_))
+    timed.extend((obs.end_ns, 1, obs) for obs in h.observations)
+    timed.extend((end.end_ns, 1, end) for end in h.txn_ends)
+    order = [item for _, _, item in sorted(timed, key=lambda e: (e[0], e[1]))]
+    for _ in range(draw(st.integers(0, 4))):  # late hand-overs: an event moved back
+        i = draw(st.integers(0, len(order) - 1))
+        j = draw(st.integers(i, len(order) - 1))
+        order.insert(j, order.pop(i))
+    return order
+
+
+def _feed(ledger: Ledger, item: object) -> list[Anomaly]:
+    if isinstance(item, Observation):
+        return ledger.add_observation(item)
+    if isinstance(item, TxnEnd):
+        return ledger.add_txn_end(item)
+    assert isinstance(item, Scope)
+    return ledger.add_scope(item)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    _events(),
+    st.sampled_from(("linearizable", "session", "bounded:3")),
+    st.sampled_from((0, 2)),
+)
+def test_shortcuts_report_exactly_what_the_unabridged_ledger_reports(
+    events: list[object], consistency: str, skew: int
+) -> None:
+    model = parse_consistency(consistency)
+    ledgers = [
+        cls(lambda _fact: model, LedgerLimits(clock_skew_ms=skew), clock=lambda: 0.0)
+        for cls in (Ledger, _Unabridged)
+    ]
+    for item in events:
+        fast, full = (_feed(ledger, item) for ledger in ledgers)
+        assert fast == full
+    fast, full = (ledger.close_trace(TRACE) for ledger in ledgers)
+    assert fast == full
+
+
+def test_traces_of_scopes_alone_build_no_history_and_report_nothing() -> None:
+    ledger = _ledger()
+    h = H()
+    agent = h.agent("planner", (0, 10))
+    h.decision("planner", agent, (2, 3))
+    events = replay(ledger, h, close=False)
+    assert reported(events) == []
+    assert ledger._traces[TRACE].quiet
+    assert ledger.decision_inputs(TRACE, h.scopes[1].span_id) == []
+    assert ledger.latest_commits(TRACE, 5) == []
+    assert ledger.stats().traces == 1  # counted, evicted and expired like any trace
+    assert ledger.close_trace(TRACE) == []
+    # A first observation builds the history with the scopes seen so far, in order.
+    replay(ledger, h, close=False)
+    h.read("planner", "f", "n:1", (4, 5), scope=agent)
+    ledger.add_observation(h.observations[-1])
+    history = ledger._traces[TRACE].history
+    assert list(history.scopes) == [s.span_id for s in h.scopes]
+    assert history.actors[agent].from_span and history.actors[agent].end_ns == 10 * MS
+
+
+def _arrive(h: H, order: list[str], consistency: str = "linearizable") -> list[Anomaly]:
+    """Feed `h`'s observations and transaction ends in the arrival `order` (span ids) to
+    both ledgers; both must report the same. What the trace's close reported."""
+    by_id: dict[str, object] = {o.span_id: o for o in h.observations}
+    by_id.update({e.span_id: e for e in h.txn_ends})
+    model = parse_consistency(consistency)
+    ledgers = [cls(lambda _fact: model, clock=lambda: 0.0) for cls in (Ledger, _Unabridged)]
+    for span_id in order:
+        fast, full = (_feed(ledger, by_id[span_id]) for ledger in ledgers)
+        assert fast == full == []
+    fast, full = (ledger.close_trace(TRACE) for ledger in ledgers)
+    assert fast == full
+    return fast
+
+
+def test_a_commit_arriving_after_the_read_is_rechecked_at_close() -> None:
+    h = H()
+    write = h.write("scorer", "f", "n:2", (1, 2), txn="t1")
+    commit = h.commit("t1", 3)
+    read = h.read("risk", "f", "n:1", (10, 11))
+    [late] = _arrive(h, [write, read, commit])
+    assert (late.kind, late.span_id, late.severity) == (STALE, read, WARNING)
+
+
+def test_an_earlier_read_arriving_late_is_rechecked_at_close_under_session() -> None:
+    h = H()
+    newer = h.read("risk", "f", "n:2", (1, 2))
+    older = h.read("risk", "f", "n:1", (5, 6))  # no write anywhere: monotonic reads only
+    [late] = _arrive(h, [older, newer], "session")
+    assert (late.kind, late.span_id, late.expected_version) == (STALE, older, "n:2")
+    assert _arrive(h, [older, newer], "linearizable") == []
+
+
+def test_a_late_read_that_orders_digest_versions_is_rechecked_at_close() -> None:
+    h = H()
+    first = h.write("a", "f", "h:aa", (0, 5))
+    second = h.write("b", "f", "h:bb", (3, 6))  # overlaps: real time orders neither
+    seen = h.read("b", "f", "h:aa", (1, 2))  # b saw h:aa before writing: h:aa came first
+    read = h.read("c", "f", "h:aa", (10, 11))
+    [late] = _arrive(h, [first, second, read, seen])
+    assert (late.kind, late.span_id, late.expected_version) == (STALE, read, "h:bb")

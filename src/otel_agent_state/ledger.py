@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from .config import Consistency
 from .detectors import (
@@ -44,14 +44,80 @@ class LedgerLimits:
     clock_skew_ms: int = 0
 
 
-@dataclass
 class TraceState:
-    history: History
-    touched: float
-    reported: set[tuple[object, ...]] = field(default_factory=set)
-    pending: dict[str, list[Anomaly]] = field(default_factory=dict)  # by actor key
-    dropped_facts: int = 0
-    observations: int = 0
+    """One live trace. Most traces never carry state (only agent spans and other scopes):
+    their scopes wait in `_scopes` and the History is built when the first observation,
+    transaction end or seeded write arrives, replaying them in order. Until then nothing
+    can be found, so such traces cost a list append per scope and nothing at close."""
+
+    __slots__ = (
+        "_history",
+        "_max_events",
+        "_scopes",
+        "checked",
+        "dropped_facts",
+        "observations",
+        "pending",
+        "recheck_reads",
+        "recheck_writes",
+        "reported",
+        "touched",
+        "trace_id",
+        "wrote",
+    )
+
+    def __init__(self, trace_id: str, touched: float, max_events_per_fact: int) -> None:
+        self.trace_id = trace_id
+        self.touched = touched
+        self._max_events = max_events_per_fact
+        self._history: History | None = None
+        self._scopes: list[Scope] = []
+        self.reported: set[tuple[object, ...]] = set()
+        self.pending: dict[str, list[Anomaly]] = {}  # by actor key
+        self.dropped_facts = 0
+        self.observations = 0
+        # For the close-time stale-read re-check (see Ledger._late_stale_reads): facts with a
+        # read already checked, and those that a later write or read may have changed.
+        self.checked: set[str] = set()
+        self.recheck_writes: set[str] = set()
+        self.recheck_reads: set[str] = set()
+        self.wrote = False  # any write observation (or seeded write) at all
+
+    @property
+    def quiet(self) -> bool:
+        """No observation, transaction end or seeded write yet: only scopes."""
+        return self._history is None
+
+    @property
+    def history(self) -> History:
+        history = self._history
+        if history is None:
+            history = History(trace_id=self.trace_id, max_events_per_fact=self._max_events)
+            for scope in self._scopes:
+                history.add_scope(scope)
+            self._scopes = []
+            self._history = history
+        return history
+
+    def add_scope(self, scope: Scope) -> None:
+        if self._history is None:
+            self._scopes.append(scope)
+        else:
+            self._history.add_scope(scope)
+
+    def touch_facts(self, obs: Observation) -> None:
+        """Note which already-checked reads `obs` may change the verdict on."""
+        checked = self.checked
+        if obs.writes:
+            self.wrote = True
+            if checked:
+                for item in obs.writes:
+                    if item.fact in checked:
+                        self.recheck_writes.add(item.fact)
+        if checked:
+            for item in obs.reads:
+                if item.fact in checked:
+                    self.recheck_reads.add(item.fact)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,10 +169,7 @@ class Ledger:
                 oldest = next(iter(self._traces))
                 self._evicted += 1
                 out.extend(self._close(oldest))
-            history = History(
-                trace_id=trace_id, max_events_per_fact=self.limits.max_events_per_fact
-            )
-            state = TraceState(history, now)
+            state = TraceState(trace_id, now, self.limits.max_events_per_fact)
             self._traces[trace_id] = state
         else:
             state.touched = now
@@ -154,8 +217,9 @@ class Ledger:
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(scope.trace_id, out)
-            state.history.add_scope(scope)
-            if scope.end_ns is None:
+            state.add_scope(scope)
+            if scope.end_ns is None or state.quiet:
+                # Quiet: no pending finding, no read to act on, so an end changes nothing.
                 return out
             if scope.kind == ScopeKind.DECISION:
                 out.extend(self._acted(state, decision_actor_key(scope)))
@@ -168,13 +232,16 @@ class Ledger:
         with self._lock:
             state = self._state(obs.trace_id, out)
             obs = self._bounded(state, obs)
-            state.history.add_observation(obs)
+            history = state.history
+            state.touch_facts(obs)
+            history.add_observation(obs)
             state.observations += 1
             self._observations += 1
             self._within_budget(state, out)
             if obs.reads:
+                state.checked.update(item.fact for item in obs.reads)
                 stale = detect_stale_reads(
-                    state.history,
+                    history,
                     self._consistency_of,
                     clock_skew_ms=self.limits.clock_skew_ms,
                     only=[obs],
@@ -200,10 +267,13 @@ class Ledger:
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(end.trace_id, out)
-            state.history.add_txn_end(end)
+            history = state.history
+            history.add_txn_end(end)
+            written = history.txn_facts(end.txn_id)
+            # Its writes' commit times changed: reads of them checked earlier may be stale.
+            state.recheck_writes.update(written & state.checked)
             if end.outcome == "commit":
-                written = state.history.txn_facts(end.txn_id)
-                out.extend(self._fresh(state, detect_lost_updates(state.history, facts=written)))
+                out.extend(self._fresh(state, detect_lost_updates(history, facts=written)))
         return out
 
     def check_read(self, obs: Observation) -> list[Anomaly]:
@@ -224,14 +294,16 @@ class Ledger:
         """`fact@version` for every read made inside the decision, in order."""
         with self._lock:
             state = self._traces.get(trace_id)
-            return [] if state is None else state.history.decision_inputs(decision_span_id)
+            if state is None or state.quiet:
+                return []
+            return state.history.decision_inputs(decision_span_id)
 
     def latest_commits(self, trace_id: str, limit: int) -> list[Write]:
         """The latest committed write of each fact of the trace, most recent commit first
         (at most `limit`): the frontier the propagator sends downstream."""
         with self._lock:
             state = self._traces.get(trace_id)
-            if state is None or limit <= 0:
+            if state is None or state.quiet or limit <= 0:
                 return []
             latest: list[Write] = []
             for fact in state.history.facts():
@@ -250,7 +322,12 @@ class Ledger:
                 state = self._state(obs.trace_id, out)
                 if obs.span_id in state.history.observations:
                     continue
-                state.history.add_observation(self._bounded(state, obs))
+                obs = self._bounded(state, obs)
+                state.touch_facts(obs)
+                state.history.add_observation(obs)
+                # Never checked on arrival: the close-time re-check must look at its reads.
+                state.checked.update(item.fact for item in obs.reads)
+                state.recheck_writes.update(item.fact for item in obs.reads)
         return out
 
     def close_trace(self, trace_id: str) -> list[Anomaly]:
@@ -304,21 +381,61 @@ class Ledger:
     def _close(self, trace_id: str) -> list[Anomaly]:
         state = self._traces.pop(trace_id)
         self._observations -= state.observations
-        history = state.history
         out: list[Anomaly] = []
+        if state.quiet:
+            return out  # scopes alone: every detector needs observations
+        history = state.history
         for actor in list(state.pending):
             out.extend(self._flush_pending(state, actor, Severity.WARNING))
         # Reads whose newer write ended on another thread just after them are caught here.
-        late = detect_stale_reads(
-            history, self._consistency_of, clock_skew_ms=self.limits.clock_skew_ms
-        )
-        for anomaly in self._fresh(state, late):
+        for anomaly in self._fresh(state, self._late_stale_reads(state)):
             acted = _acted_after(history, anomaly)
             out.append(anomaly.with_severity(Severity.ERROR if acted else Severity.WARNING))
-        out.extend(self._fresh(state, detect_divergent_views(history)))
-        out.extend(self._fresh(state, detect_lost_updates(history)))
-        out.extend(self._fresh(state, detect_orphaned_mutations(history, closed=True)))
+        # Divergent views need an agent that acted; lost updates and orphaned mutations need
+        # a write. Most traces have neither: skip the walk over every fact.
+        if any(actor.last_act is not None for actor in history.actors.values()):
+            out.extend(self._fresh(state, detect_divergent_views(history)))
+        if state.wrote:
+            out.extend(self._fresh(state, detect_lost_updates(history)))
+            out.extend(self._fresh(state, detect_orphaned_mutations(history, closed=True)))
         return out
+
+    def _late_stale_reads(self, state: TraceState) -> list[Anomaly]:
+        """What re-checking every read of the trace now would find beyond its check on
+        arrival, in the same order (facts in order, each fact's reads in end order).
+
+        A read's verdict is a function of its fact's writes, reads and their transactions'
+        ends (and the fact's consistency model). Facts untouched since their reads were
+        checked cannot give anything new, so only these are re-checked: facts with a write,
+        transaction end or seeded write after a checked read; and facts with a later read,
+        when that read can matter (the fact has writes, whose order reads help prove, or
+        the model is session, where an agent's earlier reads bound its later ones).
+        """
+        recheck = state.recheck_writes
+        if state.recheck_reads:
+            history = state.history
+            recheck = recheck | {
+                fact
+                for fact in state.recheck_reads
+                if history.writes(fact) or self._consistency_of(fact).kind == "session"
+            }
+        if not recheck:
+            return []
+        history = state.history
+        found: list[Anomaly] = []
+        for fact in history.facts():
+            if fact not in recheck:
+                continue
+            observations = {id(read.obs): read.obs for read in history.reads(fact)}
+            for anomaly in detect_stale_reads(
+                history,
+                self._consistency_of,
+                clock_skew_ms=self.limits.clock_skew_ms,
+                only=observations.values(),
+            ):
+                if anomaly.fact == fact:
+                    found.append(anomaly)
+        return found
 
 
 def _with(history: History, obs: Observation) -> History:
