@@ -14,11 +14,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
+import json
 import os
 import platform
+import subprocess
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,15 @@ def _table(rows: list[tuple[str, Row]]) -> list[str]:
     return lines
 
 
+def _child(name: str, quick: bool) -> int:
+    """Run one bench module and print its rows as JSON on stdout (progress on stderr)."""
+    module = importlib.import_module(f"bench_{name}")
+    rows = [_row(item).as_dict() for item in module.run(quick)]
+    sys.stdout.write(json.dumps(rows))
+    sys.stdout.flush()
+    os._exit(0)  # exporter threads retrying a dead collector must not delay the exit
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,24 +85,28 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=str(HERE.parent / "BENCHMARKS.md"), help="markdown file to rewrite"
     )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        return _child(args.child, args.quick)
     only = set(args.only.split(",")) if args.only else None
     rows: list[tuple[str, Row]] = []
     failures: list[str] = []
     for name in _modules(only):
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        try:
-            module = importlib.import_module(f"bench_{name}")
-            rows.extend((name, _row(item)) for item in module.run(args.quick))
-        except Exception as exc:
-            traceback.print_exc()
-            failures.append(f"{name}: {type(exc).__name__}: {exc}")
-        print(
-            f"[bench] {name} done in {time.perf_counter() - started:.1f}s",
-            file=sys.stderr,
-            flush=True,
+        # Each module in its own process: peak memory and interpreter state are its own.
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else []),
+            stdout=subprocess.PIPE,
+            text=True,
         )
+        if child.returncode == 0:
+            rows.extend((name, Row(**item)) for item in json.loads(child.stdout))
+        else:
+            failures.append(f"{name}: exit status {child.returncode} (see the output above)")
+        elapsed = time.perf_counter() - started
+        print(f"[bench] {name} done in {elapsed:.1f}s", file=sys.stderr, flush=True)
     table = _table(rows)
     print("\n".join(table))
     for failure in failures:

@@ -21,7 +21,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state.cli import main
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 from tests.otlp_json import WRITERS, otlp_request, write_collector_lines
-from tests.scenarios import Env, Scenario, all_scenarios, new_schema, run_scenario
+from tests.scenarios import Env, Scenario, all_scenarios, environment, run_scenario
 
 SCENARIOS = (
     "sqlite/stale_cache_not_invalidated",
@@ -463,23 +463,8 @@ def test_a_trace_split_across_two_processes_files_is_judged_whole(
 
 @pytest.fixture
 def corpus_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    s: Scenario = request.param
-    e = Env(tmp=tmp_path)
-    if "redis" in s.stores:
-        e.redis_url = request.getfixturevalue("redis_url")
-    if "postgres" in s.stores:
-        import psycopg
-
-        e.postgres_dsn = request.getfixturevalue("postgres_dsn")
-        e.schema = new_schema()
-        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {e.schema}")
-    yield e
-    if e.schema:
-        import psycopg
-
-        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {e.schema} CASCADE")
+    with environment(request.param, tmp_path, request.getfixturevalue) as e:
+        yield e
 
 
 @pytest.mark.parametrize(

@@ -9,30 +9,15 @@ from typing import Any
 
 import pytest
 
-from .scenarios import Env, Scenario, all_scenarios, new_schema, run_scenario
+from .scenarios import Env, Scenario, all_scenarios, environment, run_scenario
 
 SCENARIOS = all_scenarios()
 
 
 @pytest.fixture
 def env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Env]:
-    s: Scenario = request.param
-    e = Env(tmp=tmp_path)
-    if "redis" in s.stores:
-        e.redis_url = request.getfixturevalue("redis_url")
-    if "postgres" in s.stores:
-        import psycopg
-
-        e.postgres_dsn = request.getfixturevalue("postgres_dsn")
-        e.schema = new_schema()
-        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {e.schema}")
-    yield e
-    if e.schema:
-        import psycopg
-
-        with psycopg.connect(e.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {e.schema} CASCADE")
+    with environment(request.param, tmp_path, request.getfixturevalue) as e:
+        yield e
 
 
 def test_the_corpus_is_big_enough_and_balanced() -> None:

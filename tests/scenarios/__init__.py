@@ -207,6 +207,32 @@ def new_schema() -> str:
     return f"agentstate_sc_{uuid.uuid4().hex[:12]}"
 
 
+@contextmanager
+def environment(s: Scenario, tmp: Path, service: Callable[[str], str]) -> Iterator[Env]:
+    """The Env scenario `s` runs in, with its own PostgreSQL schema when it needs one.
+
+    `service("redis_url")` / `service("postgres_dsn")` give the servers' addresses; the tests
+    pass pytest's fixture lookup, so a server that is down fails in CI rather than skipping.
+    """
+    env = Env(tmp=tmp)
+    if "redis" in s.stores:
+        env.redis_url = service("redis_url")
+    if "postgres" not in s.stores:
+        yield env
+        return
+    import psycopg
+
+    env.postgres_dsn = service("postgres_dsn")
+    env.schema = new_schema()
+    with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {env.schema}")
+    try:
+        yield env
+    finally:
+        with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {env.schema} CASCADE")
+
+
 def precision_recall(
     results: Sequence[tuple[Scenario, Counter[str]]],
 ) -> dict[str, tuple[int, int, int]]:

@@ -16,32 +16,25 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-from . import KINDS, Env, Scenario, all_scenarios, new_schema, precision_recall, run_scenario
+from . import KINDS, Scenario, all_scenarios, environment, precision_recall, run_scenario
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _run_one(s: Scenario) -> Counter[str]:
-    with tempfile.TemporaryDirectory() as tmp:
-        env = Env(
-            tmp=Path(tmp),
-            redis_url=os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
-            postgres_dsn=os.environ.get(
-                "AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
-            ),
-        )
-        if "postgres" not in s.stores:
-            return run_scenario(s, env).found
-        import psycopg
+SERVICES = {
+    "redis_url": os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+    "postgres_dsn": os.environ.get(
+        "AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
+    ),
+}
 
-        env.schema = new_schema()
-        with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"CREATE SCHEMA {env.schema}")
-        try:
-            return run_scenario(s, env).found
-        finally:
-            with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
-                conn.execute(f"DROP SCHEMA {env.schema} CASCADE")
+
+def _run_one(s: Scenario) -> Counter[str]:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        environment(s, Path(tmp), SERVICES.__getitem__) as env,
+    ):
+        return run_scenario(s, env).found
 
 
 def _ratio(num: int, den: int) -> str:
