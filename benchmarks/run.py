@@ -125,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         ]
         if failures:
             header += ["Benchmarks that failed in this run: " + "; ".join(failures), ""]
-        Path(args.output).write_text("\n".join(header + table) + "\n", encoding="utf-8")
+        analysis = (HERE / "analysis.md").read_text(encoding="utf-8")  # why, per target
+        text = "\n".join(header + table) + "\n\n" + analysis
+        Path(args.output).write_text(text, encoding="utf-8")
         print(f"[bench] wrote {args.output}", file=sys.stderr)
     return 1 if failures else 0
 

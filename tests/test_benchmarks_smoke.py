@@ -1,0 +1,38 @@
+"""The benchmark runner works end to end (tiny sizes; no figure is asserted: speed is
+measured by benchmarks/run.py, never by tests)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick", "--only", "sqlite3", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| sqlite3 SELECT by primary key: ours vs contrib |" in result.stdout
+    text = out.read_text(encoding="utf-8")
+    assert text.startswith("# Benchmarks")
+    assert "## Where the targets are missed, and why" in text
+
+
+def test_unknown_benchmark_names_are_a_clear_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--only", "nope", "--no-write"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "unknown benchmark(s) ['nope']" in result.stderr
