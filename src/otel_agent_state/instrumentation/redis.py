@@ -44,6 +44,7 @@ from .. import attributes as A
 from ..adapter import encode_fields
 from ..config import FactRule, get_settings
 from ..errors import StaleReadError
+from . import _dbapi
 from ._redis_commands import (
     ABSENT,
     COMMANDS,
@@ -809,11 +810,6 @@ def _async_pipeline_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
 # --------------------------------------------------------------------------- instrumentor
 
 
-_PROXY_TYPES: tuple[type, ...] = tuple(
-    t for t in (getattr(wrapt, "BaseObjectProxy", None), wrapt.ObjectProxy) if t is not None
-)
-
-
 def _targets() -> list[tuple[type, str, str, bool]]:
     """(class, method, kind, async) of everything we wrap."""
     import redis.asyncio.client
@@ -831,21 +827,7 @@ def _targets() -> list[tuple[type, str, str, bool]]:
 
 def wrapper_chain(cls: type, name: str) -> list[Any]:
     """`cls.name` and the wrapt wrappers under it, outermost first, redis-py's function last."""
-    chain = [cls.__dict__.get(name)]
-    while len(chain) < 32 and isinstance(chain[-1], _PROXY_TYPES):
-        inner = getattr(chain[-1], "__wrapped__", None)
-        if inner is None:
-            break
-        chain.append(inner)
-    return chain
-
-
-def _put(cls: type, name: str, chain: list[Any], index: int, new: Any) -> None:
-    """Make `new` stand where `chain[index]` stands (class attribute or a wrapper's inside)."""
-    if index == 0:
-        setattr(cls, name, new)
-    else:
-        chain[index - 1].__wrapped__ = new
+    return _dbapi.wrapper_chain(cls.__dict__.get(name))
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -881,7 +863,8 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if chain[-1] is None:
                 continue
             try:
-                _put(cls, name, chain, len(chain) - 1, wrapt.FunctionWrapper(chain[-1], wrapper))
+                ours = wrapt.FunctionWrapper(chain[-1], wrapper)
+                _dbapi.replace_link(cls, name, chain, len(chain) - 1, ours)
             except Exception:  # a wrapper that does not let us in: wrap on top of it
                 _log.debug("cannot go under the wrapper of %s.%s", cls, name, exc_info=True)
                 wrapt.wrap_function_wrapper(cls, name, wrapper)
@@ -896,7 +879,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             for index, link in enumerate(chain[:-1]):
                 if getattr(link, "_self_wrapper", None) is ours:
                     try:
-                        _put(cls, name, chain, index, link.__wrapped__)
+                        _dbapi.replace_link(cls, name, chain, index, link.__wrapped__)
                     except Exception:  # never unwrap() here: it would take out another's
                         _log.debug("cannot take our wrapper out of %s.%s", cls, name)
                     break
