@@ -23,6 +23,7 @@ CONSISTENCY: Final = "agentstate.consistency"
 # each write merged into the stored value, comma-separated ("," and "%" percent-encoded);
 # "" for a write that replaced the whole value. Field names only, never values.
 WRITE_FIELDS: Final = "agentstate.write.fields"
+WRITE_STORE_ORDER: Final = "agentstate.write.store_order"  # a store's own operation counter
 # Ours, beyond the SPEC table: statements whose facts could not be resolved to rows.
 UNRESOLVED: Final = "agentstate.unresolved"
 # Ours: the kind of scope span opened by the API (agent, decision, mutation, workflow).

@@ -39,8 +39,6 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_TIER = "index"
 MAX_FACTS_PER_SPAN = 1_000  # facts recorded on one span; later records are not tracked
-# Our own attribute: the store's order of a write (Qdrant operation_id, LanceDB table version).
-STORE_ORDER = "agentstate.write.store_order"
 
 
 # --------------------------------------------------------------------------- versions
@@ -267,7 +265,7 @@ class VectorCall:
                 )
         self.span.set_attribute(A.COMMITTED, True)
         if store_order is not None:
-            self.span.set_attribute(STORE_ORDER, store_order)
+            self.span.set_attribute(A.WRITE_STORE_ORDER, store_order)
 
     def record_reads(self) -> None:
         """Put the reads on the span and run the read guard (StaleReadError passes)."""
