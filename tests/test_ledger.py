@@ -6,6 +6,7 @@ import threading
 from collections import Counter
 from dataclasses import replace
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -672,6 +673,28 @@ def test_an_earlier_read_arriving_late_is_rechecked_at_close_under_session() -> 
     [late] = _arrive(h, [older, newer], "session")
     assert (late.kind, late.span_id, late.expected_version) == (STALE, older, "n:2")
     assert _arrive(h, [older, newer], "linearizable") == []
+
+
+@pytest.mark.parametrize(
+    ("versions", "needed"),
+    [
+        (("n:2", "n:1", "n:3"), False),  # ordinals of one kind: the writes alone decide
+        (("t:20", "t:10", "t:30"), False),
+        (("h:bb", "h:aa", "h:aa"), True),  # digests: reads help order the writes
+        (("n:2", "none", "n:2"), True),  # `none` orders with nothing
+        (("n:2", "t:10", "n:2"), True),  # mixed kinds: no order by value
+    ],
+)
+def test_reads_matter_to_other_reads_only_where_versions_do_not_order_by_value(
+    versions: tuple[str, str, str], needed: bool
+) -> None:
+    h = H()
+    written, read, later = versions
+    h.write("scorer", "f", written, (0, 1))
+    h.read("risk", "f", read, (2, 3))
+    h.read("risk", "f", later, (4, 5), tier="cache")
+    assert h.history().verdicts_need_reads("f") is needed
+    assert h.history().verdicts_need_reads("unknown") is False
 
 
 def test_a_late_read_that_orders_digest_versions_is_rechecked_at_close() -> None:

@@ -303,6 +303,30 @@ class History:
         self._reads_cache[fact] = out
         return out
 
+    def verdicts_need_reads(self, fact: str) -> bool:
+        """Whether a read of `fact` can change the stale-read verdict on another of its reads
+        under a real-time model. Not when every version read or written is an `n:` or `t:`
+        of one kind: versions then order by value, from the writes alone. (A read outside
+        the cache can still drop cache writes from writes(), but fewer writes never make a
+        read stale.)"""
+        log = self._facts.get(fact)
+        if log is None:
+            return False
+        kind = None
+        for obs in log.writes:
+            for item in obs.writes:
+                if item.fact == fact:
+                    if item.version.ordinal is None or kind not in (None, item.version.kind):
+                        return True
+                    kind = item.version.kind
+        for obs in log.reads:
+            for item in obs.reads:
+                if item.fact == fact:
+                    if item.version.ordinal is None or kind not in (None, item.version.kind):
+                        return True
+                    kind = item.version.kind
+        return False
+
     def all_reads(self) -> Iterator[Read]:
         for fact in self.facts():
             yield from self.reads(fact)

@@ -408,8 +408,9 @@ class Ledger:
         ends (and the fact's consistency model). Facts untouched since their reads were
         checked cannot give anything new, so only these are re-checked: facts with a write,
         transaction end or seeded write after a checked read; and facts with a later read,
-        when that read can matter (the fact has writes, whose order reads help prove, or
-        the model is session, where an agent's earlier reads bound its later ones).
+        when that read can matter: the fact has writes whose order reads help prove (see
+        History.verdicts_need_reads), or the model is session, where an agent's earlier
+        reads bound its later ones.
         """
         recheck = state.recheck_writes
         if state.recheck_reads:
@@ -417,7 +418,8 @@ class Ledger:
             recheck = recheck | {
                 fact
                 for fact in state.recheck_reads
-                if history.writes(fact) or self._consistency_of(fact).kind == "session"
+                if self._consistency_of(fact).kind == "session"
+                or (history.writes(fact) and history.verdicts_need_reads(fact))
             }
         if not recheck:
             return []
