@@ -232,6 +232,37 @@ def test_unreadable_inputs_name_file_line_and_reason(
     assert err.startswith(f"otel-agent-state check: {path}:{line}: {reason}"), err
 
 
+def test_orjson_and_the_stdlib_decoder_give_the_same_reports_and_errors(
+    runs: dict[str, tuple[Scenario, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The test extra installs `speedups`: check uses orjson, falling back to the stdlib.
+    assert offline.load_json is not json.loads
+    _, outcome = runs["sqlite/stale_cache_not_invalidated"]
+    path = write_collector_lines(list(outcome.spans), tmp_path / "lines.jsonl")
+    lines = path.read_text().splitlines()
+    # What orjson refuses and the stdlib reads: a lone surrogate in a span name, and NaN.
+    lines.append(
+        '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "%s", "spanId": "%s", '
+        '"name": "\\ud800", "attributes": [{"key": "x", "value": {"doubleValue": NaN}}]}]}]}]}'
+        % ("ab" * 16, "cd" * 8)
+    )
+    path.write_text("\n".join(lines) + "\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(lines[0] + "\n" + '{"resourceSpans": [1,]}\n')
+
+    fast = _check(capsys, str(path)), _check(capsys, str(bad))
+    monkeypatch.setattr(offline, "load_json", json.loads)
+    slow = _check(capsys, str(path)), _check(capsys, str(bad))
+    assert fast == slow
+    (code, report, _), (bad_code, _, err) = fast
+    assert code == 1 and report is not None
+    assert [a["kind"] for a in report["anomalies"]] == ["stale_read"]
+    assert bad_code == 2 and f"{bad}:2: not JSON (Expecting value at column 22)" in err
+
+
 def test_missing_file_and_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _check(capsys, str(tmp_path / "nope.jsonl"))
     assert code == 2 and "nope.jsonl: No such file or directory" in err

@@ -144,25 +144,45 @@ def observation(
 def pairs(facts: object, versions: object, fields: object = None) -> tuple[FactVersion, ...]:
     """Parallel `facts` / `versions` (and for writes `agentstate.write.fields`) arrays as
     (fact, version, fields) triples. Fields that do not line up are ignored: whole writes."""
-    if not isinstance(facts, Sequence) or not isinstance(versions, Sequence):
+    fact_list, version_list = _array(facts), _array(versions)
+    if fact_list is None or version_list is None:
         return ()
-    if isinstance(facts, str) or isinstance(versions, str):
-        return ()
-    merged: Sequence[object] = ()
-    if isinstance(fields, Sequence) and not isinstance(fields, str) and len(fields) == len(facts):
-        merged = fields
-    out = []
-    for index, (fact, version) in enumerate(zip(facts, versions, strict=False)):
-        if not isinstance(fact, str) or not isinstance(version, str):
-            continue
-        try:
-            parsed = _parse(version)
-        except VersionError:
-            _log.debug("ignoring bad version %r of %s", version, fact)
-            continue
-        names = decode_fields(merged[index]) if merged else None
-        out.append(FactVersion(fact, parsed, names))
-    return tuple(out)
+    merged = _array(fields) if fields is not None else None
+    if merged is not None and len(merged) == len(fact_list):
+        triples = (
+            _pair(fact, version, decode_fields(merged[index]))
+            for index, (fact, version) in enumerate(zip(fact_list, version_list, strict=False))
+        )
+        return tuple(pair for pair in triples if pair is not None)
+    if len(fact_list) == 1 and version_list:  # most observations: one fact
+        pair = _pair(fact_list[0], version_list[0])
+        return (pair,) if pair is not None else ()
+    both = zip(fact_list, version_list, strict=False)
+    return tuple(pair for pair in (_pair(f, v) for f, v in both) if pair is not None)
+
+
+def _array(value: object) -> Sequence[object] | None:
+    """A span attribute array (list or tuple from the SDK and OTLP, or another non-text
+    sequence) as a sequence; None for anything else."""
+    if type(value) is list or type(value) is tuple:
+        return value
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return value
+    return None
+
+
+def _pair(
+    fact: object, version: object, fields: frozenset[str] | None = None
+) -> FactVersion | None:
+    """One fact and the version it was read or written at; None (logged) when either is
+    not text or the version is malformed: that pair is dropped, never the span."""
+    if not isinstance(fact, str) or not isinstance(version, str):
+        return None
+    try:
+        return FactVersion(fact, _parse(version), fields)
+    except VersionError:
+        _log.debug("ignoring bad version %r of %s", version, fact)
+        return None
 
 
 # Bounds of one `agentstate.write.fields` element; beyond them the write counts as whole.

@@ -415,6 +415,31 @@ def spans_from_json(obj: Any) -> Iterator[SpanRecord]:
 
 # ---------------------------------------------------------------------- reading files
 
+
+def _pick_loads() -> Callable[[str], Any]:
+    """`json.loads`, or orjson's (about twice as fast on OTLP lines) when the `speedups`
+    extra is installed. Whatever orjson refuses (NaN, out-of-range floats, lone
+    surrogates, bad JSON) goes to the stdlib, so results and error messages are the
+    stdlib's either way; the one difference, an integer past 64 bits (outside OTLP's
+    int64/fixed64) read as a float, does not occur in valid OTLP."""
+    try:
+        from orjson import JSONDecodeError as FastError
+        from orjson import loads as fast
+    except ImportError:
+        return json.loads
+    slow = json.loads
+
+    def loads(text: str) -> Any:
+        try:
+            return fast(text)
+        except FastError:
+            return slow(text)
+
+    return loads
+
+
+load_json = _pick_loads()
+
 _CHUNK = 1 << 20
 _MAX_DOCUMENT = 1 << 28  # one JSON value larger than this is refused, not buffered
 _WS = " \t\r\n"
@@ -442,13 +467,13 @@ def json_values(
             break
     else:
         return
+    loads = load_json
     try:
-        value = json.loads(first)
+        value = loads(first)
     except json.JSONDecodeError:
         yield from _concatenated(first, stream, lineno)
         return
     yield lineno, value
-    loads = json.loads
     for line in stream:
         lineno += 1
         if not line or line.isspace():
