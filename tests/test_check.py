@@ -245,9 +245,10 @@ def test_orjson_and_the_stdlib_decoder_give_the_same_reports_and_errors(
     lines = path.read_text().splitlines()
     # What orjson refuses and the stdlib reads: a lone surrogate in a span name, and NaN.
     lines.append(
-        '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "%s", "spanId": "%s", '
-        '"name": "\\ud800", "attributes": [{"key": "x", "value": {"doubleValue": NaN}}]}]}]}]}'
-        % ("ab" * 16, "cd" * 8)
+        '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "'
+        + "ab" * 16
+        + '", "spanId": "cdcdcdcdcdcdcdcd", "name": "\\ud800", '
+        '"attributes": [{"key": "x", "value": {"doubleValue": NaN}}]}]}]}]}'
     )
     path.write_text("\n".join(lines) + "\n")
     bad = tmp_path / "bad.jsonl"
