@@ -18,6 +18,7 @@ from otel_agent_state.detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
+from otel_agent_state.history import History
 from otel_agent_state.ledger import Ledger, LedgerLimits, LedgerStats, TraceState, _acted_after
 from otel_agent_state.model import (
     Anomaly,
@@ -619,6 +620,32 @@ def test_shortcuts_report_exactly_what_the_unabridged_ledger_reports(
         assert fast == full
     fast, full = (ledger.close_trace(TRACE) for ledger in ledgers)
     assert fast == full
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_events())
+def test_the_history_views_it_keeps_up_to_date_equal_views_built_from_scratch(
+    events: list[object],
+) -> None:
+    history = History()
+    seen: list[object] = []
+    for item in events:
+        if isinstance(item, Observation):
+            history.add_observation(item)
+        elif isinstance(item, TxnEnd):
+            history.add_txn_end(item)
+        else:
+            assert isinstance(item, Scope)
+            history.add_scope(item)
+        seen.append(item)
+        fresh = History.of(
+            [o for o in seen if isinstance(o, Observation)],
+            [s for s in seen if isinstance(s, Scope)],
+            [e for e in seen if isinstance(e, TxnEnd)],
+        )
+        for fact in fresh.facts():
+            assert history.writes(fact) == fresh.writes(fact)
+            assert history.reads(fact) == fresh.reads(fact)
 
 
 def test_traces_of_scopes_alone_build_no_history_and_report_nothing() -> None:

@@ -23,7 +23,7 @@ from .order import VersionOrder
 MAX_OBSERVATIONS = 65_536
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # never changed; not frozen: made per write per check (see model.py)
 class Write:
     """One write of one fact, with when (and whether) it committed."""
 
@@ -147,7 +147,10 @@ class History:
             self._reads_cache.pop(item.fact, None)
             self._unacted_reads.setdefault(actor_key(obs), {})[item.fact] = None
             if obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
-                self._writes_cache.pop(item.fact, None)
+                cached = self._writes_cache.get(item.fact)
+                # Already known (a write outside the cache leads the list): nothing changes.
+                if cached is not None and not (cached and cached[0].obs.tier != Tier.CACHE):
+                    del self._writes_cache[item.fact]
         for item in obs.writes:
             log = self._log(item.fact)
             if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op

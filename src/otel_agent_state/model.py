@@ -80,7 +80,10 @@ class Version:
         return self.text if self.ordinal is None else f"{self.kind}:{self.ordinal}"
 
     def same_as(self, other: Version) -> bool:
-        return self.identity == other.identity
+        # identity without building its strings: n:/t: always carry an ordinal, h:/none never.
+        if self.ordinal is not None:
+            return self.ordinal == other.ordinal and self.kind == other.kind
+        return other.ordinal is None and self.text == other.text
 
     def __str__(self) -> str:
         return self.text
