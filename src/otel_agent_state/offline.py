@@ -281,12 +281,32 @@ def _decode_error(exc: Exception, what: str) -> FormatError:
     return FormatError(f"malformed {what}: {exc}")
 
 
+# Attribute key -> (makes a span interesting, is kept for judging). Keys repeat on every
+# span, so each is classified once; bounded, since input can hold any number of keys.
+_KEY_CLASS: dict[str, tuple[bool, bool]] = {}
+_KEY_CLASS_MAX = 4096
+
+
+def _key_class(key: str) -> tuple[bool, bool]:
+    known = _KEY_CLASS.get(key)
+    if known is None:
+        ours = key.startswith(_OURS)
+        known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS)
+        if len(_KEY_CLASS) < _KEY_CLASS_MAX:
+            _KEY_CLASS[key] = known
+    return known
+
+
 def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The attributes judging reads (ours, and the GenAI agent ones); the rest are skipped."""
     out: dict[str, Any] = {}
+    classes = _KEY_CLASS
     for kv in items:
         key = kv["key"]
-        if key.startswith(_OURS) or key in _KEPT_KEYS:
+        known = classes.get(key)
+        if known is None:
+            known = _key_class(key)
+        if known[1]:
             value = kv.get("value") or {}
             text = value.get("stringValue")
             if text is not None:
@@ -294,9 +314,13 @@ def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
                 continue
             array = value.get("arrayValue")
             if array is not None:  # fact and version lists: strings, decoded inline
+                values: Sequence[Any] = array.get("values") or ()
+                if len(values) == 1 and "stringValue" in values[0]:
+                    out[key] = [values[0]["stringValue"]]
+                    continue
                 out[key] = [
                     item["stringValue"] if "stringValue" in item else any_value(item)
-                    for item in array.get("values") or ()
+                    for item in values
                 ]
                 continue
             out[key] = any_value(value)
@@ -586,6 +610,7 @@ class TraceGrouper:
     def _add_otlp(self, doc: Mapping[str, Any]) -> None:
         # The hot path: most spans carry no state, so only their ids are decoded.
         traces = self.traces
+        classes, key_class = _KEY_CLASS, _key_class
         for rs in _list(doc, "resourceSpans"):
             if not isinstance(rs, dict):
                 raise FormatError("a resourceSpans entry is not an object")
@@ -603,7 +628,10 @@ class TraceGrouper:
                         interesting = False
                         for kv in span.get("attributes") or ():
                             key = kv["key"]
-                            if key.startswith(_OURS) or key in _AGENT_KEYS:
+                            known = classes.get(key)
+                            if known is None:
+                                known = key_class(key)
+                            if known[0]:
                                 interesting = True
                                 break
                         pending = traces.get(raw_trace)  # a hit is a valid lower-case hex id
