@@ -136,21 +136,29 @@ class History:
     def add_observation(self, obs: Observation) -> None:
         if not self.trace_id:
             self.trace_id = obs.trace_id
-        self.observations[obs.span_id] = obs
-        self.observations.move_to_end(obs.span_id)
-        while len(self.observations) > MAX_OBSERVATIONS:
-            self.observations.popitem(last=False)
+        observations = self.observations
+        held = len(observations)
+        observations[obs.span_id] = obs
+        if len(observations) == held:  # seen before: now the most recent
+            observations.move_to_end(obs.span_id)
+        elif held >= MAX_OBSERVATIONS:
+            observations.popitem(last=False)
         if self._order_cache:
             self._order_cache.clear()
-        for item in obs.reads:
-            self._log(item.fact).reads.append(obs)
-            self._reads_cache.pop(item.fact, None)
-            self._unacted_reads.setdefault(actor_key(obs), {})[item.fact] = None
-            if obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
-                cached = self._writes_cache.get(item.fact)
-                # Already known (a write outside the cache leads the list): nothing changes.
-                if cached is not None and not (cached and cached[0].obs.tier != Tier.CACHE):
-                    del self._writes_cache[item.fact]
+        key = actor_key(obs)
+        if obs.reads:
+            unacted = self._unacted_reads.get(key)
+            if unacted is None:
+                unacted = self._unacted_reads[key] = {}
+            for item in obs.reads:
+                self._log(item.fact).reads.append(obs)
+                self._reads_cache.pop(item.fact, None)
+                unacted[item.fact] = None
+                if obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
+                    cached = self._writes_cache.get(item.fact)
+                    # Already known (a write outside the cache leads the list): no change.
+                    if cached is not None and not (cached and cached[0].obs.tier != Tier.CACHE):
+                        del self._writes_cache[item.fact]
         for item in obs.writes:
             log = self._log(item.fact)
             if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op
@@ -162,10 +170,9 @@ class History:
             inputs = self._decision_inputs.setdefault(obs.decision, {})
             for item in obs.reads:
                 inputs[f"{item.fact}@{item.version.text}"] = None
-        self._track_actor(obs)
+        self._track_actor(obs, key)
 
-    def _track_actor(self, obs: Observation) -> None:
-        key = actor_key(obs)
+    def _track_actor(self, obs: Observation, key: str) -> None:
         actor = self.actors.get(key)
         if actor is None:
             actor = Actor(key, obs.agent, obs.start_ns, obs.end_ns)

@@ -145,6 +145,8 @@ class Ledger:
         self._dropped_facts = 0
         self._evicted = 0
         self._observations = 0  # held by live traces
+        self._max_facts = limits.max_facts_per_trace
+        self._max_observations = limits.max_observations
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -231,15 +233,19 @@ class Ledger:
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(obs.trace_id, out)
-            obs = self._bounded(state, obs)
             history = state.history
+            if history.fact_count() + len(obs.reads) + len(obs.writes) > self._max_facts:
+                obs = self._bounded(state, obs)
             state.touch_facts(obs)
             history.add_observation(obs)
             state.observations += 1
             self._observations += 1
-            self._within_budget(state, out)
+            if self._observations > self._max_observations:
+                self._within_budget(state, out)
             if obs.reads:
-                state.checked.update(item.fact for item in obs.reads)
+                checked = state.checked
+                for item in obs.reads:
+                    checked.add(item.fact)
                 stale = detect_stale_reads(
                     history,
                     self._consistency_of,

@@ -709,6 +709,17 @@ def check_trace(spans: Sequence[SpanRecord], settings: Settings | None = None) -
     return judge(records[0].trace_id, records, parents, settings).findings
 
 
+def _limits(s: Settings) -> LedgerLimits:
+    """Offline each trace gets its own ledger: only the per-trace bounds apply."""
+    return LedgerLimits(
+        max_traces=2,
+        max_facts_per_trace=s.max_facts_per_trace,
+        max_events_per_fact=s.max_events_per_fact,
+        trace_ttl_ms=s.trace_ttl_ms,
+        clock_skew_ms=s.clock_skew_ms,
+    )
+
+
 def judge(
     trace_id: str,
     records: Sequence[SpanLike],
@@ -758,18 +769,29 @@ def judge(
             memo[span_id_] = base
         return memo[span_id]
 
-    events: list[tuple[int, int, int, int, int, Any]] = []
+    ledger = Ledger(s.consistency_for, _limits(s))
+    add_observation, add_txn_end, add_scope = (
+        ledger.add_observation,
+        ledger.add_txn_end,
+        ledger.add_scope,
+    )
+    # (time, start?, depth, seq, n, handler, item): ends before starts at one instant,
+    # children's ends before their parents'. (seq, n) is unique, so the comparison never
+    # reaches the handler; one span's own events go in the live processor's order:
+    # observation, transaction end, scope end.
+    events: list[tuple[int, int, int, int, int, Callable[[Any], list[Anomaly]], Any]] = []
+    append = events.append
+    names = view.names
     for seq, record in enumerate(records):
-        ctx = ctx_of(record.span_id)
-        kind = kinds[record.span_id]
+        span_id = record.span_id
+        ctx = memo.get(span_id) or ctx_of(span_id)
         attributes = record.attributes
-        view.names[record.span_id] = record.name
-        obs = None
+        names[span_id] = record.name
         if A.OP in attributes:
             agent = ctx.agent or adapter.str_attr(attributes, A.GEN_AI_AGENT_NAME)
             obs = adapter.observation(
                 attributes,
-                span_id=record.span_id,
+                span_id=span_id,
                 trace_id=trace_id,
                 agent=agent or str(record.resource.get("service.name") or "unknown_service"),
                 start_ns=record.start_ns,
@@ -780,16 +802,14 @@ def judge(
                 decision=ctx.decision,
                 mutation=ctx.mutation,
             )
-        if obs is not None:
-            view.observations.append(obs)
-            events.append((record.end_ns, 0, -ctx.depth, seq, 0, obs))
-        ended_txn = (
-            adapter.txn_outcome(record.attributes) if A.TXN_OUTCOME in record.attributes else None
-        )
+            if obs is not None:
+                view.observations.append(obs)
+                append((record.end_ns, 0, -ctx.depth, seq, 0, add_observation, obs))
+        ended_txn = adapter.txn_outcome(attributes) if A.TXN_OUTCOME in attributes else None
         if ended_txn is not None:
             end = TxnEnd(
                 txn_id=ended_txn[0],
-                span_id=record.span_id,
+                span_id=span_id,
                 trace_id=trace_id,
                 outcome=ended_txn[1],  # type: ignore[arg-type]
                 end_ns=record.end_ns,
@@ -797,63 +817,29 @@ def judge(
                 start_ns=record.start_ns,
             )
             view.txn_ends.append(end)
-            events.append((record.end_ns, 0, -ctx.depth, seq, 1, end))
+            append((record.end_ns, 0, -ctx.depth, seq, 1, add_txn_end, end))
+        kind = kinds[span_id]
         if kind is not None:
             scope_agent = ctx.agent or str(record.resource.get("service.name") or "unknown_service")
-            parent_agent = None
-            if kind != ScopeKind.AGENT:
-                parent_agent = ctx.agent_scope
-            name = adapter.scope_name(record.attributes, record.name)
-            started = Scope(
-                record.span_id,
-                trace_id,
-                kind,
-                scope_agent,
-                record.start_ns,
-                None,
-                False,
-                parent_agent,
-                name,
-            )
+            parent_agent = ctx.agent_scope if kind != ScopeKind.AGENT else None
+            name = adapter.scope_name(attributes, record.name)
             failed = adapter.scope_failed(
-                record.attributes, record.error, any(e.name == "exception" for e in record.events)
+                attributes, record.error, any(e.name == "exception" for e in record.events)
+            )
+            start, end_ns = record.start_ns, record.end_ns
+            started = Scope(
+                span_id, trace_id, kind, scope_agent, start, None, False, parent_agent, name
             )
             ended = Scope(
-                record.span_id,
-                trace_id,
-                kind,
-                scope_agent,
-                record.start_ns,
-                record.end_ns,
-                failed,
-                parent_agent,
-                name,
+                span_id, trace_id, kind, scope_agent, start, end_ns, failed, parent_agent, name
             )
             view.scopes.append(ended)
-            events.append((record.start_ns, 1, ctx.depth, seq, 0, started))
-            events.append((record.end_ns, 0, -ctx.depth, seq, 2, ended))
-    # Ends before starts at one instant, children's ends before their parents'.
-    # (seq, n) is unique, so the comparison never reaches the item; one span's own events
-    # go in the live processor's order: observation, transaction end, scope end.
+            append((start, 1, ctx.depth, seq, 0, add_scope, started))
+            append((end_ns, 0, -ctx.depth, seq, 2, add_scope, ended))
     events.sort()
-    ledger = Ledger(
-        s.consistency_for,
-        LedgerLimits(
-            max_traces=2,
-            max_facts_per_trace=s.max_facts_per_trace,
-            max_events_per_fact=s.max_events_per_fact,
-            trace_ttl_ms=s.trace_ttl_ms,
-            clock_skew_ms=s.clock_skew_ms,
-        ),
-    )
     found: list[Anomaly] = []
-    for *_, item in events:
-        if isinstance(item, Observation):
-            found.extend(ledger.add_observation(item))
-        elif isinstance(item, TxnEnd):
-            found.extend(ledger.add_txn_end(item))
-        else:
-            found.extend(ledger.add_scope(item))
+    for event in events:
+        found.extend(event[5](event[6]))
     found.extend(ledger.close_all())
     for anomaly in found:
         if not anomaly.fact_rule:
