@@ -24,6 +24,22 @@ def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> 
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks")
     assert "## Where the targets are missed, and why" in text
+    # A later --only run refreshes its own rows and keeps the others, with their dates.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/run.py", "--quick"]
+        + ["--only", "exporter_down", "--output", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "| sqlite3 SELECT" not in result.stdout
+    text = out.read_text(encoding="utf-8")
+    assert "| sqlite3 SELECT by primary key: ours vs contrib |" in text
+    assert "| app speed with the collector unreachable" in text
+    assert "exporter_down 20" in text and "sqlite3 20" in text
+    assert (tmp_path / "BENCHMARKS.json").exists()
 
 
 def test_unknown_benchmark_names_are_a_clear_error() -> None:
