@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/run.py            # full run (minutes)
     .venv/bin/python benchmarks/run.py --quick    # small sizes, for a smoke check
-    .venv/bin/python benchmarks/run.py --only processor,sqlite3
+    .venv/bin/python benchmarks/run.py --only processor,sqlite3   # keeps the other rows
+    .venv/bin/python benchmarks/run.py --render   # after editing analysis.md
 
 Each bench module exposes `run(quick: bool) -> list[Row | dict]`. Every figure is a ratio
 against a baseline measured side by side in the same run: absolute times on a small, shared
@@ -85,10 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         "--output", default=str(HERE.parent / "BENCHMARKS.md"), help="markdown file to rewrite"
     )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
+    parser.add_argument(
+        "--render",
+        action="store_true",
+        help="run nothing: rewrite the markdown from BENCHMARKS.json and analysis.md",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         return _child(args.child, args.quick)
+    if args.render:
+        _write(Path(args.output), args.quick, [], {}, [])
+        return 0
     only = set(args.only.split(",")) if args.only else None
     rows: list[tuple[str, Row]] = []
     failures: list[str] = []
