@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small sizes (smoke check)")
     parser.add_argument("--only", help="comma-separated benchmark names (e.g. processor,redis)")
     parser.add_argument(
-        "--output", default=str(HERE.parent / "BENCHMARKS.md"), help="markdown file to rewrite"
+        "-o",
+        "--output",
+        default=str(HERE.parent / "BENCHMARKS.md"),
+        help="markdown file to rewrite (its rows are kept in a .json file beside it)",
     )
     parser.add_argument("--no-write", action="store_true", help="print the table only")
     parser.add_argument(

@@ -26,8 +26,7 @@ def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> 
     assert "## Where the targets are missed, and why" in text
     # A later --only run refreshes its own rows and keeps the others, with their dates.
     result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick"]
-        + ["--only", "exporter_down", "--output", str(out)],
+        [sys.executable, "benchmarks/run.py", "--quick", "--only", "exporter_down", "-o", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

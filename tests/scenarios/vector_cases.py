@@ -257,15 +257,20 @@ def sequential_memory_updates(env: Env) -> None:
 def concurrent_edits_of_different_memories(env: Env) -> None:
     client = _setup(env)
     barrier = threading.Barrier(2, timeout=10)
+    # Qdrant's local mode shares one sqlite3 connection between threads without a lock: two
+    # upserts at once race at its COMMIT ("cannot commit - no transaction is active"). The
+    # agents still overlap (both retrieve before either writes); only the writes take turns.
+    writing = threading.Lock()
 
     def edit(name: str, point: int) -> None:
         with agent(name):
             [seen] = client.retrieve("memories", ids=[point])
             barrier.wait()
-            client.upsert(
-                "memories",
-                points=[_memory(2, f"{(seen.payload or {})['text']} ({name})", point=point)],
-            )
+            with writing:
+                client.upsert(
+                    "memories",
+                    points=[_memory(2, f"{(seen.payload or {})['text']} ({name})", point=point)],
+                )
 
     with workflow("support-ticket"):
         _in_threads(lambda: edit("alice", 7), lambda: edit("bob", 8))
