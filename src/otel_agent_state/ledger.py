@@ -262,7 +262,7 @@ class Ledger:
                         state.pending.setdefault(actor_key(obs), []).append(anomaly)
             if is_act(obs):
                 out.extend(self._acted(state, actor_key(obs)))
-                if obs.committed:
+                if obs.committed and _two_acted(history):
                     written = {item.fact for item in obs.writes}
                     out.extend(
                         self._fresh(state, detect_lost_updates(state.history, facts=written))
@@ -278,7 +278,7 @@ class Ledger:
             written = history.txn_facts(end.txn_id)
             # Its writes' commit times changed: reads of them checked earlier may be stale.
             state.recheck_writes.update(written & state.checked)
-            if end.outcome == "commit":
+            if end.outcome == "commit" and _two_acted(history):
                 out.extend(self._fresh(state, detect_lost_updates(history, facts=written)))
         return out
 
@@ -376,8 +376,9 @@ class Ledger:
     def _acted(self, state: TraceState, actor: str) -> list[Anomaly]:
         out = self._flush_pending(state, actor, Severity.ERROR)
         facts = state.history.take_unacted_reads(actor)
-        divergent = detect_divergent_views(state.history, only_actors=[actor], facts=facts)
-        out.extend(self._fresh(state, divergent))
+        if facts and _two_acted(state.history):
+            divergent = detect_divergent_views(state.history, only_actors=[actor], facts=facts)
+            out.extend(self._fresh(state, divergent))
         return out
 
     def _flush_pending(self, state: TraceState, actor: str, severity: Severity) -> list[Anomaly]:
@@ -397,12 +398,14 @@ class Ledger:
         for anomaly in self._fresh(state, self._late_stale_reads(state)):
             acted = _acted_after(history, anomaly)
             out.append(anomaly.with_severity(Severity.ERROR if acted else Severity.WARNING))
-        # Divergent views need an agent that acted; lost updates and orphaned mutations need
-        # a write. Most traces have neither: skip the walk over every fact.
-        if any(actor.last_act is not None for actor in history.actors.values()):
+        # Divergent views and lost updates need two actors that acted (decided or wrote);
+        # orphaned mutations need a write. Most traces have neither: skip the walk over
+        # every fact.
+        if _two_acted(history):
             out.extend(self._fresh(state, detect_divergent_views(history)))
+            if state.wrote:
+                out.extend(self._fresh(state, detect_lost_updates(history)))
         if state.wrote:
-            out.extend(self._fresh(state, detect_lost_updates(history)))
             out.extend(self._fresh(state, detect_orphaned_mutations(history, closed=True)))
         return out
 
@@ -444,6 +447,18 @@ class Ledger:
                 if anomaly.fact == fact:
                     found.append(anomaly)
         return found
+
+
+def _two_acted(history: History) -> bool:
+    """At least two actors acted (a write, or a decision's end): what a divergent view (two
+    agents that each acted) and a lost update (two writers) both need."""
+    acted = 0
+    for actor in history.actors.values():
+        if actor.last_act is not None:
+            acted += 1
+            if acted == 2:
+                return True
+    return False
 
 
 def _with(history: History, obs: Observation) -> History:
