@@ -44,6 +44,8 @@ def str_attr(attrs: Mapping[str, Any], key: str) -> str | None:
 
 def scope_kind(attrs: Mapping[str, Any]) -> ScopeKind | None:
     """The scope a span opens: declared by our API, or an agent span by GenAI conventions."""
+    if A.SCOPE not in attrs and A.GEN_AI_OPERATION_NAME not in attrs and A.STORE in attrs:
+        return None  # an observation span (the common case), as the branches below decide
     declared = str_attr(attrs, A.SCOPE)
     if declared is not None and declared in _SCOPE_KINDS:
         return _SCOPE_KINDS[declared]
