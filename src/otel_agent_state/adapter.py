@@ -150,17 +150,14 @@ def pairs(facts: object, versions: object, fields: object = None) -> tuple[FactV
     if fact_list is None or version_list is None:
         return ()
     merged = _array(fields) if fields is not None else None
-    if merged is not None and len(merged) == len(fact_list):
-        triples = (
-            _pair(fact, version, decode_fields(merged[index]))
-            for index, (fact, version) in enumerate(zip(fact_list, version_list, strict=False))
-        )
-        return tuple(pair for pair in triples if pair is not None)
-    if len(fact_list) == 1 and version_list:  # most observations: one fact
-        pair = _pair(fact_list[0], version_list[0])
-        return (pair,) if pair is not None else ()
-    both = zip(fact_list, version_list, strict=False)
-    return tuple(pair for pair in (_pair(f, v) for f, v in both) if pair is not None)
+    if merged is not None and len(merged) != len(fact_list):
+        merged = None
+    out = []
+    for index, (fact, version) in enumerate(zip(fact_list, version_list, strict=False)):
+        pair = _pair(fact, version, decode_fields(merged[index]) if merged else None)
+        if pair is not None:
+            out.append(pair)
+    return tuple(out)
 
 
 def _array(value: object) -> Sequence[object] | None:

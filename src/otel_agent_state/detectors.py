@@ -71,7 +71,7 @@ def detect_stale_reads(
         reads = [Read(item.fact, item.version, obs) for obs in only for item in obs.reads]
     found: list[Anomaly] = []
     for read in reads:
-        if read.version.kind == "none" and read.obs.tier == Tier.CACHE:
+        if read.version.is_none and read.obs.tier == Tier.CACHE:
             continue  # a cache miss sends the agent to the primary
         model = consistency_of(read.fact)
         if model.kind == "eventual":

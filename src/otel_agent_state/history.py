@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import NamedTuple
 
 from .model import Observation, Op, Scope, ScopeKind, Tier, TxnEnd, Version
@@ -322,20 +323,14 @@ class History:
         log = self._facts.get(fact)
         if log is None:
             return False
-        kind = None
-        for obs in log.writes:
-            for item in obs.writes:
+        kinds = set()
+        for items in chain((o.writes for o in log.writes), (o.reads for o in log.reads)):
+            for item in items:
                 if item.fact == fact:
-                    if item.version.ordinal is None or kind not in (None, item.version.kind):
+                    if item.version.ordinal is None:
                         return True
-                    kind = item.version.kind
-        for obs in log.reads:
-            for item in obs.reads:
-                if item.fact == fact:
-                    if item.version.ordinal is None or kind not in (None, item.version.kind):
-                        return True
-                    kind = item.version.kind
-        return False
+                    kinds.add(item.version.kind)
+        return len(kinds) > 1
 
     def all_reads(self) -> Iterator[Read]:
         for fact in self.facts():

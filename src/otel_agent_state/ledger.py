@@ -145,8 +145,6 @@ class Ledger:
         self._dropped_facts = 0
         self._evicted = 0
         self._observations = 0  # held by live traces
-        self._max_facts = limits.max_facts_per_trace
-        self._max_observations = limits.max_observations
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -233,15 +231,13 @@ class Ledger:
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(obs.trace_id, out)
+            obs = self._bounded(state, obs)
             history = state.history
-            if history.fact_count() + len(obs.reads) + len(obs.writes) > self._max_facts:
-                obs = self._bounded(state, obs)
             state.touch_facts(obs)
             history.add_observation(obs)
             state.observations += 1
             self._observations += 1
-            if self._observations > self._max_observations:
-                self._within_budget(state, out)
+            self._within_budget(state, out)
             if obs.reads:
                 checked = state.checked
                 for item in obs.reads:

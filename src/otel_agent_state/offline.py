@@ -784,7 +784,7 @@ def judge(
     names = view.names
     for seq, record in enumerate(records):
         span_id = record.span_id
-        ctx = memo.get(span_id) or ctx_of(span_id)
+        ctx = ctx_of(span_id)
         attributes = record.attributes
         names[span_id] = record.name
         if A.OP in attributes:
