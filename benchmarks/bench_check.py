@@ -16,6 +16,7 @@ Target: >= 100k spans/s on one core with the full 1M-span file.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -265,12 +266,19 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    quick = "--quick" in sys.argv
-    if "--keep" in sys.argv:
-        target = Path(sys.argv[sys.argv.index("--keep") + 1])
-        print(generate(target, 50_000 if quick else 1_000_000), "spans written to", target)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="50k spans instead of 1M")
+    parser.add_argument(
+        "--keep", metavar="FILE", help="only write the benchmark's input to FILE, run nothing"
+    )
+    args = parser.parse_args()
+    if args.keep:
+        target = Path(args.keep)
+        print(generate(target, 50_000 if args.quick else 1_000_000), "spans written to", target)
         sys.exit(0)
-    for row in run(quick):
+    for row in run(args.quick):
         print(json.dumps(row, ensure_ascii=False))
     sys.stdout.flush()
     os._exit(0)
