@@ -385,6 +385,52 @@ def test_any_value_decoding_and_base64_ids() -> None:
     assert span.resource == {"service.name": "svc"}
 
 
+def _stateful_line(span_id: str, fact: str, store: Any = "postgresql") -> str:
+    """One collector line with one read span of trace 0...1, as the decoder sees it."""
+    attributes = [
+        {"key": A.OP, "value": {"stringValue": "read"}},
+        {"key": A.STORE, "value": {"stringValue": store}},
+        {"key": A.READ_FACTS, "value": {"arrayValue": {"values": [{"stringValue": fact}]}}},
+        {"key": A.READ_VERSIONS, "value": {"arrayValue": {"values": [{"stringValue": "n:1"}]}}},
+    ]
+    span = {
+        "traceId": "0" * 31 + "1",
+        "spanId": span_id,
+        "name": "SELECT scores",
+        "startTimeUnixNano": "1",
+        "endTimeUnixNano": "2",
+        "attributes": attributes,
+    }
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]})
+
+
+def test_held_spans_share_repeated_text_within_a_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Each line is decoded on its own, so equal strings arrive as distinct objects; what the
+    # grouper holds until the input ends must keep one copy (memory per span, README).
+    grouper = offline.TraceGrouper()
+    grouper.add(offline.load_json(_stateful_line("00000000000000a1", "score/1")))
+    grouper.add(offline.load_json(_stateful_line("00000000000000a2", "score/1")))
+    first, second = grouper.traces["0" * 31 + "1"].records
+    assert first.attributes == second.attributes
+    for key, value in first.attributes.items():
+        [other_key] = [k for k in second.attributes if k == key]
+        assert other_key is key
+        other = second.attributes[key]
+        assert (other[0] is value[0]) if isinstance(value, list) else (other is value)
+    assert second.name is first.name and second.trace_id is first.trace_id
+    # Bounded: the table is emptied when full and decoding stays right.
+    monkeypatch.setattr(offline, "_SHARED", {})
+    monkeypatch.setattr(offline, "_SHARED_MAX", 4)
+    for n in range(20):
+        grouper.add(offline.load_json(_stateful_line(f"{n + 16:016x}", f"score/{n}")))
+        assert len(offline._SHARED) <= 4
+    held = grouper.traces["0" * 31 + "1"].records
+    assert [r.attributes[A.READ_FACTS] for r in held[2:]] == [[f"score/{n}"] for n in range(20)]
+    # Text that is not a string is held as it came, for the adapter to refuse.
+    grouper.add(offline.load_json(_stateful_line("00000000000000ff", "score/x", store=7)))
+    assert grouper.traces["0" * 31 + "1"].records[-1].attributes[A.STORE] == 7
+
+
 def test_concatenated_documents_across_buffer_refills(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(offline, "_CHUNK", 7)
     docs = [{"n": i, "pad": "x" * (i * 13)} for i in range(40)]

@@ -281,45 +281,67 @@ def _decode_error(exc: Exception, what: str) -> FormatError:
     return FormatError(f"malformed {what}: {exc}")
 
 
-# Attribute key -> (makes a span interesting, is kept for judging). Keys repeat on every
-# span, so each is classified once; bounded, since input can hold any number of keys.
-_KEY_CLASS: dict[str, tuple[bool, bool]] = {}
+# Attribute key -> (makes a span interesting, is kept for judging, the key). Keys repeat on
+# every span, so each is classified once, and the spans held share the one copy kept here
+# (the decoder makes a new one per span); bounded, since input can hold any number of keys.
+_KEY_CLASS: dict[str, tuple[bool, bool, str]] = {}
 _KEY_CLASS_MAX = 4096
 
 
-def _key_class(key: str) -> tuple[bool, bool]:
+def _key_class(key: str) -> tuple[bool, bool, str]:
     known = _KEY_CLASS.get(key)
     if known is None:
         ours = key.startswith(_OURS)
-        known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS)
+        known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS, key)
         if len(_KEY_CLASS) < _KEY_CLASS_MAX:
             _KEY_CLASS[key] = known
     return known
 
 
+# Text that repeats from span to span (stores, ops, facts, versions, span names): the spans
+# held until the input ends share one copy of each instead of the decoder's copy per span.
+# Bounded: emptied when full, so any number of distinct values costs no more than this.
+_SHARED: dict[str, str] = {}
+_SHARED_MAX = 1 << 16
+
+
+def _shared(value: Any) -> Any:
+    if type(value) is not str:
+        return value  # malformed input is kept as it came, for the adapter to refuse
+    known = _SHARED.get(value)
+    if known is not None:
+        return known
+    if len(_SHARED) >= _SHARED_MAX:
+        _SHARED.clear()
+    _SHARED[value] = value
+    return value
+
+
 def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The attributes judging reads (ours, and the GenAI agent ones); the rest are skipped."""
     out: dict[str, Any] = {}
-    classes = _KEY_CLASS
+    classes, shared, share = _KEY_CLASS, _SHARED, _shared
     for kv in items:
         key = kv["key"]
         known = classes.get(key)
         if known is None:
             known = _key_class(key)
         if known[1]:
+            key = known[2]
             value = kv.get("value") or {}
             text = value.get("stringValue")
             if text is not None:
-                out[key] = text
+                out[key] = (shared.get(text) or share(text)) if type(text) is str else text
                 continue
             array = value.get("arrayValue")
             if array is not None:  # fact and version lists: strings, decoded inline
                 values: Sequence[Any] = array.get("values") or ()
                 if len(values) == 1 and "stringValue" in values[0]:
-                    out[key] = [values[0]["stringValue"]]
+                    text = values[0]["stringValue"]
+                    out[key] = [(shared.get(text) or share(text)) if type(text) is str else text]
                     continue
                 out[key] = [
-                    item["stringValue"] if "stringValue" in item else any_value(item)
+                    share(item["stringValue"]) if "stringValue" in item else any_value(item)
                     for item in values
                 ]
                 continue
@@ -328,13 +350,11 @@ def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def _otlp_row(
-    span: Mapping[str, Any], resource: Mapping[str, Any], scope: str, process: str
+    span: Mapping[str, Any], trace_id: str, resource: Mapping[str, Any], scope: str, process: str
 ) -> _Row:
-    """A span for judging: only the attributes judging reads, event names, no links."""
+    """A span for judging: only the attributes judging reads, event names, no links.
+    `trace_id`: the span's, already checked (the grouper's copy, shared by its spans)."""
     try:
-        trace_id = span["traceId"]
-        if len(trace_id) != 32 or trace_id.strip(_LOWER_HEX):
-            trace_id = _hex_id(trace_id, 16)
         span_id = span["spanId"]
         if len(span_id) != 16 or span_id.strip(_LOWER_HEX):
             span_id = _hex_id(span_id, 8)
@@ -346,7 +366,7 @@ def _otlp_row(
             trace_id,
             span_id,
             parent,
-            str(span.get("name", "")),
+            _shared(str(span.get("name", ""))),
             int(span.get("startTimeUnixNano") or 0),
             int(span.get("endTimeUnixNano") or 0),
             _judged_attributes(span.get("attributes") or ()),
@@ -639,7 +659,9 @@ class TraceGrouper:
                             pending = self._pending(_hex_id(raw_trace, 16))
                         pending.count += 1
                         if interesting:
-                            record = _otlp_row(span, resource, scope_name, process)
+                            record = _otlp_row(
+                                span, pending.trace_id, resource, scope_name, process
+                            )
                             pending.parents[record.span_id] = (record.parent_span_id, process)
                             if not is_own_anomaly(record.name, record.attributes, scope_name):
                                 pending.records.append(record)
