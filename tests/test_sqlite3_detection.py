@@ -246,3 +246,38 @@ def test_version_column_values_always_give_parseable_versions(
     else:
         assert version == expected
     parse_version(str(version))  # what the processor will parse
+
+
+def _rescore_in_savepoint(path: Path, undo: bool) -> None:
+    """The scorer writes 750 inside a savepoint, then undoes it (ROLLBACK TO) or keeps it
+    (RELEASE), and commits the transaction either way."""
+    with agent("credit-scorer"):
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("BEGIN")
+        conn.execute("SAVEPOINT rescore")
+        conn.execute("UPDATE credit_scores SET score = 750, version = version + 1 WHERE id = 42")
+        conn.execute("ROLLBACK TO rescore" if undo else "RELEASE rescore")
+        conn.execute("COMMIT")
+        conn.close()
+
+
+@pytest.mark.parametrize("undo", [True, False], ids=["rolled-back-to", "released"])
+def test_a_write_undone_by_rollback_to_savepoint_is_not_the_latest_version(
+    telemetry: Telemetry, db: Path, undo: bool
+) -> None:
+    with workflow("credit"):
+        _rescore_in_savepoint(db, undo)
+        with agent("risk-assessor"):
+            conn = sqlite3.connect(db)
+            row = conn.execute("SELECT score, version FROM score_cache WHERE id = 42").fetchone()
+            conn.close()
+    assert row == (680, 1)
+    stale = telemetry.anomalies("stale_read")
+    if undo:  # the database still holds version 1: reading it is no stale read
+        assert stale == []
+        undone = [s for s in telemetry.spans() if s.name == "agentstate.savepoint"]
+        assert [(s.attributes or {}).get(A.TXN_OUTCOME) for s in undone] == ["rollback"]
+    else:
+        [anomaly] = stale
+        attrs = anomaly.attributes or {}
+        assert (attrs[A.ANOMALY_OBSERVED], attrs[A.ANOMALY_EXPECTED]) == ("n:1", "n:2")

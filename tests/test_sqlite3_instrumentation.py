@@ -537,16 +537,43 @@ def test_close_with_open_transaction_is_rollback(env: Env) -> None:
     assert end[A.TXN_OUTCOME] == "rollback"
 
 
-def test_savepoints_do_not_break(env: Env) -> None:
+def test_rollback_to_savepoint_ends_the_writes_it_undoes(env: Env) -> None:
     conn = env.connect(isolation_level=None)
     conn.execute("BEGIN")
+    conn.execute("UPDATE credit_scores SET score = 2 WHERE customer_id = 2")
     conn.execute("SAVEPOINT sp")
     conn.execute("UPDATE credit_scores SET score = 1 WHERE customer_id = 1")
     conn.execute("ROLLBACK TO sp")
     conn.execute("RELEASE sp")
     conn.execute("COMMIT")
-    assert attrs(env.one("COMMIT"))[A.TXN_OUTCOME] == "commit"
     conn.close()
+    kept, undone = (attrs(s) for s in env.spans() if s.name.startswith("UPDATE"))
+    assert not kept[A.COMMITTED] and not undone[A.COMMITTED]
+    assert kept[A.TXN_ID] != undone[A.TXN_ID]
+    ends = {
+        attrs(s)[A.TXN_ID]: attrs(s)[A.TXN_OUTCOME]
+        for s in env.spans()
+        if A.TXN_OUTCOME in attrs(s)
+    }
+    # The undone write's scope ends as a rollback at ROLLBACK TO; the transaction commits.
+    assert ends == {undone[A.TXN_ID]: "rollback", kept[A.TXN_ID]: "commit"}
+    assert attrs(env.one("COMMIT"))[A.TXN_ID] == kept[A.TXN_ID]
+
+
+def test_released_savepoint_writes_commit_or_roll_back_with_the_transaction(env: Env) -> None:
+    for end in ("COMMIT", "ROLLBACK"):
+        env.exporter.clear()
+        conn = env.connect(isolation_level=None)
+        conn.execute("SAVEPOINT outer_sp")  # outside a transaction: begins one
+        conn.execute("SAVEPOINT sp")
+        conn.execute("UPDATE credit_scores SET score = 1 WHERE customer_id = 1")
+        conn.execute("RELEASE sp")
+        conn.execute(end)
+        conn.close()
+        [write] = [attrs(s) for s in env.spans() if s.name.startswith("UPDATE")]
+        ended = [attrs(s) for s in env.spans() if s.name == "agentstate.savepoint"]
+        assert [e[A.TXN_ID] for e in ended] == [write[A.TXN_ID]]
+        assert ended[0][A.TXN_OUTCOME] == end.lower()
 
 
 def test_executescript_commits_pending_transaction(env: Env) -> None:

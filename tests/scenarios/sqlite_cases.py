@@ -134,6 +134,38 @@ def cache_refreshed_after_write(env: Env) -> None:
         _assess(env)
 
 
+def _rescore_in_savepoint(env: Env, *, undo: bool) -> None:
+    """The scorer's new score goes through a savepoint that it keeps or undoes; either way
+    the transaction commits."""
+    with agent("credit-scorer"):
+        conn = env.sqlite()
+        conn.execute("BEGIN")
+        conn.execute("SAVEPOINT rescore")
+        conn.execute("UPDATE credit_scores SET score = 750, version = version + 1 WHERE id = 42")
+        conn.execute("ROLLBACK TO rescore" if undo else "RELEASE rescore")
+        conn.execute("COMMIT")
+
+
+@scenario(
+    "score changed under a released savepoint, cache never invalidated",
+    expect={"stale_read": 1},
+    rules=RULES,
+)
+def stale_cache_after_released_savepoint(env: Env) -> None:
+    _schema(env)
+    with workflow("credit"):
+        _rescore_in_savepoint(env, undo=False)
+        _assess(env)
+
+
+@scenario("score change undone by ROLLBACK TO savepoint: the cache is still right", rules=RULES)
+def cache_right_after_rollback_to_savepoint(env: Env) -> None:
+    _schema(env)
+    with workflow("credit"):
+        _rescore_in_savepoint(env, undo=True)
+        _assess(env)
+
+
 @scenario("cache read before the score changed", rules=RULES)
 def cache_read_before_write(env: Env) -> None:
     _schema(env)

@@ -21,7 +21,6 @@ import logging
 import secrets
 import sqlite3
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,11 +42,13 @@ from ._dbapi import (
     ObservationBase,
     ObservedCursor,
     Reaper,
+    Scopes,
     Slot,
     annotate,
     insert_key,
     replace_link,
     row_version,
+    scope_end_spans,
     statement_attrs,
     where_keys,
     where_pk,
@@ -84,8 +85,8 @@ class _ConnState:
     lock: threading.RLock = field(default_factory=threading.RLock)
     databases: dict[str, str] | None = None  # schema -> namespace
     tables: dict[tuple[str, str], _Table | None] = field(default_factory=dict)
-    txn_id: str | None = None
-    txn_writes: bool = False
+    # The open transaction and its savepoints; a write's txn id is its innermost scope's.
+    scopes: Scopes = field(default_factory=Scopes)
     closed: bool = False
 
     def namespace(self, schema: str | None = None) -> str:
@@ -546,10 +547,11 @@ class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
 
 def _connection_collected(state: _ConnState) -> None:
     """A connection proxy was collected with writes still in its transaction: discarded."""
-    if state.closed or not state.txn_writes or state.txn_id is None:
+    if state.closed:
         return
-    txn_id = state.txn_id
-    state.txn_id, state.txn_writes = None, False
+    txn_id, savepoints = state.scopes.end()
+    if txn_id is None:
+        return
 
     def emit() -> None:
         try:
@@ -558,6 +560,7 @@ def _connection_collected(state: _ConnState) -> None:
             )
             span.set_attribute(A.TXN_ID, txn_id)
             span.set_attribute(A.TXN_OUTCOME, "rollback")
+            scope_end_spans(state.tracer, STORE, span, savepoints, "rollback")
             span.end()
         except Exception:
             _log.debug("reporting a discarded transaction failed", exc_info=True)
@@ -591,8 +594,8 @@ def _end_transaction(
     txn_id: str | None = None
     try:
         with state.lock:
-            if state.txn_writes and state.txn_id and not state.closed:
-                txn_id = state.txn_id
+            if state.scopes.written and not state.closed:
+                txn_id = state.scopes.txn_id
         if txn_id is not None and closing and not state.raw.in_transaction:
             txn_id = None
         if txn_id is not None:
@@ -611,36 +614,39 @@ def _end_transaction(
         try:
             # A failed COMMIT leaves the transaction open; anything else ended it.
             still_open = not closing and bool(state.raw.in_transaction)
+            savepoints = [] if still_open else _txn_reset(state)
             if span is not None:
                 if not still_open:
                     span.set_attribute(A.TXN_OUTCOME, "rollback")
+                    scope_end_spans(state.tracer, STORE, span, savepoints, "rollback")
                 span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 span.record_exception(exc)
                 span.end()
-            if not still_open:
-                _txn_reset(state)
         except Exception:
             _log.debug("recording the failed transaction end failed", exc_info=True)
         raise
     try:
+        savepoints = _txn_reset(state)
         if span is not None:
             span.set_attribute(A.TXN_OUTCOME, outcome)
+            scope_end_spans(state.tracer, STORE, span, savepoints, outcome)
             span.end()
-        _txn_reset(state)
     except Exception:
         _log.debug("recording the transaction end failed", exc_info=True)
     return result
 
 
-def _txn_reset(state: _ConnState) -> None:
+def _txn_reset(state: _ConnState) -> list[str]:
+    """The transaction ended: forget it; its savepoint scopes that wrote, to end with it."""
     with state.lock:
-        state.txn_id, state.txn_writes = None, False
+        _, savepoints = state.scopes.end()
         try:
             # Python >= 3.12 with autocommit=False opens the next transaction at once.
             if not state.closed and state.raw.in_transaction:
-                state.txn_id = uuid.uuid4().hex
+                state.scopes.begin()
         except Exception:
             pass
+    return savepoints
 
 
 # --------------------------------------------------------------------------- statement flow
@@ -675,7 +681,7 @@ def _prepare(
             # sqlite3 commits a pending transaction before it runs a script.
             _end_transaction(state, "commit", lambda: None)
             with state.lock:
-                state.txn_id, state.txn_writes = None, False
+                state.scopes.end()
             was_in = False
     else:
         stmt = analyse(sql)
@@ -718,22 +724,26 @@ def _txn_after(prepared: _Prepared, wrote: bool) -> None:
     obs = prepared.obs
     state = obs.state
     now_in = bool(state.raw.in_transaction)
+    scopes = state.scopes
     with state.lock:
         if prepared.was_in and not now_in:
-            if state.txn_id and state.txn_writes:
+            txn_id, savepoints = scopes.end()
+            if txn_id is not None:
                 outcome = "rollback" if obs.stmt.operation == "ROLLBACK" else "commit"
-                obs.span.set_attribute(A.TXN_ID, state.txn_id)
+                obs.span.set_attribute(A.TXN_ID, txn_id)
                 obs.span.set_attribute(A.TXN_OUTCOME, outcome)
-            state.txn_id, state.txn_writes = None, False
-        if now_in and state.txn_id is None:
-            state.txn_id, state.txn_writes = uuid.uuid4().hex, False
-        if not now_in:
-            state.txn_id, state.txn_writes = None, False
+                scope_end_spans(state.tracer, STORE, obs.span, savepoints, outcome)
+        if now_in:
+            scopes.begin()
+            # ROLLBACK TO undoes the writes made since the savepoint: they never commit.
+            undone = scopes.follow(obs.stmt)
+            scope_end_spans(state.tracer, STORE, obs.span, undone, "rollback")
+        else:
+            scopes.end()
         if wrote:
-            if now_in and state.txn_id:
+            if now_in:
                 obs.span.set_attribute(A.COMMITTED, False)
-                obs.span.set_attribute(A.TXN_ID, state.txn_id)
-                state.txn_writes = True
+                obs.span.set_attribute(A.TXN_ID, scopes.wrote())
             else:
                 obs.span.set_attribute(A.COMMITTED, True)
 
