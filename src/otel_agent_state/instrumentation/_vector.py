@@ -34,6 +34,7 @@ from ..adapter import encode_fields
 from ..config import FactRule, Settings
 from ..errors import StaleReadError
 from ..model import VersionError, parse_version
+from ._steps import CALL, Body, adrive, drive
 
 _log = logging.getLogger(__name__)
 
@@ -366,18 +367,66 @@ def _step(plan: Plan, what: Callable[[], Fetch | None]) -> Fetch | None:
         return None
 
 
+@dataclass(frozen=True)
+class _FollowUp:
+    handler: Handler
+    plan: Plan
+    instance: Any  # the client the call was made on; follow-ups go through it
+    stage: str
+    request: Fetch
+
+
+def _traced(handler: Handler, plan: Plan, instance: Any) -> Body:
+    """The call's span around the application's call, with the handler's follow-ups (one
+    body for blocking and coroutine clients: see _steps)."""
+    call = plan.call
+    before = _step(plan, lambda: handler.before(plan))
+    if before is not None:
+        yield _FollowUp(handler, plan, instance, "before", before)
+    token = call.attach()
+    try:
+        result = yield CALL
+    except BaseException as exc:
+        call.detach(token)
+        call.fail(exc)
+        raise
+    call.detach(token)
+    after = _step(plan, lambda: handler.after(plan, result))
+    if after is not None:
+        yield _FollowUp(handler, plan, instance, "after", after)
+    try:
+        handler.finish(plan, result)
+    except StaleReadError as exc:
+        call.fail(exc)
+        raise
+    except Exception:
+        _log.debug("recording %s failed", plan.method, exc_info=True)
+    call.end()
+    return result
+
+
+def _follow(up: _FollowUp) -> None:
+    try:
+        with suppressed():
+            data = up.request.run(up.instance)
+        up.handler.fetched(up.plan, up.stage, data)
+    except Exception:
+        _log.debug("follow-up %s failed", up.request.method, exc_info=True)
+
+
+async def _afollow(up: _FollowUp) -> None:
+    try:
+        with suppressed():
+            data = up.request.run(up.instance)
+            if inspect.isawaitable(data):
+                data = await data
+        up.handler.fetched(up.plan, up.stage, data)
+    except Exception:
+        _log.debug("follow-up %s failed", up.request.method, exc_info=True)
+
+
 def sync_wrapper(handler: Handler, method: str) -> Callable[..., Any]:
     """A wrapt wrapper for a blocking client method."""
-
-    def fetch(plan: Plan, instance: Any, stage: str, request: Fetch | None) -> None:
-        if request is None:
-            return
-        try:
-            with suppressed():
-                data = request.run(instance)
-            handler.fetched(plan, stage, data)
-        except Exception:
-            _log.debug("follow-up %s failed", request.method, exc_info=True)
 
     def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if not is_instrumentation_enabled():
@@ -385,26 +434,7 @@ def sync_wrapper(handler: Handler, method: str) -> Callable[..., Any]:
         plan = _start(handler, method, wrapped, instance, args, kwargs)
         if plan is None:
             return wrapped(*args, **kwargs)
-        call = plan.call
-        fetch(plan, instance, "before", _step(plan, lambda: handler.before(plan)))
-        token = call.attach()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.detach(token)
-            call.fail(exc)
-            raise
-        call.detach(token)
-        fetch(plan, instance, "after", _step(plan, lambda: handler.after(plan, result)))
-        try:
-            handler.finish(plan, result)
-        except StaleReadError as exc:
-            call.fail(exc)
-            raise
-        except Exception:
-            _log.debug("recording %s failed", method, exc_info=True)
-        call.end()
-        return result
+        return drive(_traced(handler, plan, instance), lambda: wrapped(*args, **kwargs), _follow)
 
     return wrapper
 
@@ -412,43 +442,13 @@ def sync_wrapper(handler: Handler, method: str) -> Callable[..., Any]:
 def async_wrapper(handler: Handler, method: str) -> Callable[..., Any]:
     """A wrapt wrapper for a coroutine client method."""
 
-    async def fetch(plan: Plan, instance: Any, stage: str, request: Fetch | None) -> None:
-        if request is None:
-            return
-        try:
-            with suppressed():
-                data = request.run(instance)
-                if inspect.isawaitable(data):
-                    data = await data
-            handler.fetched(plan, stage, data)
-        except Exception:
-            _log.debug("follow-up %s failed", request.method, exc_info=True)
-
     async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if not is_instrumentation_enabled():
             return await wrapped(*args, **kwargs)
         plan = _start(handler, method, wrapped, instance, args, kwargs)
         if plan is None:
             return await wrapped(*args, **kwargs)
-        call = plan.call
-        await fetch(plan, instance, "before", _step(plan, lambda: handler.before(plan)))
-        token = call.attach()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.detach(token)
-            call.fail(exc)
-            raise
-        call.detach(token)
-        await fetch(plan, instance, "after", _step(plan, lambda: handler.after(plan, result)))
-        try:
-            handler.finish(plan, result)
-        except StaleReadError as exc:
-            call.fail(exc)
-            raise
-        except Exception:
-            _log.debug("recording %s failed", method, exc_info=True)
-        call.end()
-        return result
+        body = _traced(handler, plan, instance)
+        return await adrive(body, lambda: wrapped(*args, **kwargs), _afollow)
 
     return wrapper

@@ -29,6 +29,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import wrapt
@@ -59,6 +60,7 @@ from ._redis_commands import (
     written_keys,
 )
 from ._redis_commands import _parse_json as parse_json
+from ._steps import CALL, Body, adrive, drive
 
 _log = logging.getLogger(__name__)
 
@@ -597,7 +599,111 @@ def _batch_failed(batch: _Batch, instance: Any, exc: BaseException) -> _Recorder
         return None
 
 
-# --------------------------------------------------------------------------- sync wrappers
+# --------------------------------------------------------------------------- wrappers
+# One body per wrapped method serves the blocking and the asyncio client (see _steps); only
+# the follow-up reads of keys whose version the reply did not give differ between them.
+
+
+@dataclass(frozen=True)
+class _Refetch:
+    """A body's request: read again the keys `recorder` could not version from the reply."""
+
+    instance: Any  # the client or pipeline the call was made on
+    recorder: _Recorder
+
+
+def _command_body(tracer: trace.Tracer, instance: Any, args: Any, kwargs: Any) -> Body:
+    call = _start_command(tracer, instance, args)
+    if call is None:
+        return (yield CALL)
+    token = call.activate()
+    try:
+        result = yield CALL
+    except BaseException as exc:
+        call.deactivate(token)
+        _command_failed(instance, args, exc)
+        call.fail(exc)
+        raise
+    call.deactivate(token)
+    reads = False
+    try:
+        recorder = _after_command(instance, args, kwargs, result)
+        if recorder is not None:
+            yield _Refetch(instance, recorder)
+            recorder.apply(call.span)
+            reads = bool(recorder.reads)
+    except Exception:
+        _log.debug("recording the command failed", exc_info=True)
+    call.guard(reads)
+    call.end()
+    return result
+
+
+def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
+    try:
+        batch = _Batch(tracer, instance) if _stack(instance) else None
+    except Exception:
+        _log.debug("starting the pipeline span failed", exc_info=True)
+        batch = None
+    if batch is None:
+        return (yield CALL)
+    call = batch.call
+    token = call.activate()
+    try:
+        result = yield CALL
+    except BaseException as exc:
+        call.deactivate(token)
+        recorder = _batch_failed(batch, instance, exc)
+        if recorder is not None:
+            try:
+                yield _Refetch(instance, recorder)
+                recorder.apply(call.span)
+            except Exception:
+                _log.debug("recording the failed pipeline failed", exc_info=True)
+        call.fail(exc, status=not _watch_error(exc))
+        raise
+    call.deactivate(token)
+    reads = False
+    try:
+        recorder = batch.record(instance, result)
+        yield _Refetch(instance, recorder)
+        recorder.apply(call.span)
+        batch.outcome(call.span, "commit", bool(recorder.writes))
+        reads = bool(recorder.reads)
+    except Exception:
+        _log.debug("recording the pipeline failed", exc_info=True)
+    call.guard(reads)
+    call.end()
+    return result
+
+
+def _runner(is_async: bool) -> Callable[[Body, Callable[[], Any]], Any]:
+    """How a body runs: blocking, or as the coroutine an asyncio client's caller awaits."""
+    if is_async:
+        return lambda body, call: adrive(body, call, _refetch_async)
+    return lambda body, call: drive(body, call, _refetch_sync)
+
+
+def _command_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any]:
+    run = _runner(is_async)
+
+    def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not args or not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        return run(_command_body(tracer, instance, args, kwargs), lambda: wrapped(*args, **kwargs))
+
+    return traced_command
+
+
+def _pipeline_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any]:
+    run = _runner(is_async)
+
+    def traced_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if not is_instrumentation_enabled():
+            return wrapped(*args, **kwargs)
+        return run(_pipeline_body(tracer, instance), lambda: wrapped(*args, **kwargs))
+
+    return traced_execute
 
 
 def _raw_client(instance: Any) -> Any:
@@ -608,11 +714,12 @@ def _raw_client(instance: Any) -> Any:
     return instance
 
 
-def _refetch_sync(instance: Any, recorder: _Recorder) -> None:
+def _refetch_sync(request: _Refetch) -> None:
+    recorder = request.recorder
     pending = recorder.pending()
     if not pending:
         return
-    client = _raw_client(instance)
+    client = _raw_client(request.instance)
     for fact, physical, rule, kind, key in pending:
         try:
             with _suppressed():
@@ -622,85 +729,8 @@ def _refetch_sync(instance: Any, recorder: _Recorder) -> None:
             _log.debug("reading %s again failed", kind, exc_info=True)
 
 
-def _command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
-    def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not args or not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        call = _start_command(tracer, instance, args)
-        if call is None:
-            return wrapped(*args, **kwargs)
-        token = call.activate()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.deactivate(token)
-            _command_failed(instance, args, exc)
-            call.fail(exc)
-            raise
-        call.deactivate(token)
-        reads = False
-        try:
-            recorder = _after_command(instance, args, kwargs, result)
-            if recorder is not None:
-                _refetch_sync(instance, recorder)
-                recorder.apply(call.span)
-                reads = bool(recorder.reads)
-        except Exception:
-            _log.debug("recording the command failed", exc_info=True)
-        call.guard(reads)
-        call.end()
-        return result
-
-    return traced_command
-
-
-def _pipeline_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
-    def traced_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        try:
-            batch = _Batch(tracer, instance) if _stack(instance) else None
-        except Exception:
-            _log.debug("starting the pipeline span failed", exc_info=True)
-            batch = None
-        if batch is None:
-            return wrapped(*args, **kwargs)
-        call = batch.call
-        token = call.activate()
-        try:
-            result = wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.deactivate(token)
-            recorder = _batch_failed(batch, instance, exc)
-            if recorder is not None:
-                try:
-                    _refetch_sync(instance, recorder)
-                    recorder.apply(call.span)
-                except Exception:
-                    _log.debug("recording the failed pipeline failed", exc_info=True)
-            call.fail(exc, status=not _watch_error(exc))
-            raise
-        call.deactivate(token)
-        reads = False
-        try:
-            recorder = batch.record(instance, result)
-            _refetch_sync(instance, recorder)
-            recorder.apply(call.span)
-            batch.outcome(call.span, "commit", bool(recorder.writes))
-            reads = bool(recorder.reads)
-        except Exception:
-            _log.debug("recording the pipeline failed", exc_info=True)
-        call.guard(reads)
-        call.end()
-        return result
-
-    return traced_execute
-
-
-# --------------------------------------------------------------------------- async wrappers
-
-
-async def _refetch_async(instance: Any, recorder: _Recorder) -> None:
+async def _refetch_async(request: _Refetch) -> None:
+    recorder, instance = request.recorder, request.instance
     pending = recorder.pending()
     if not pending:
         return
@@ -724,87 +754,6 @@ async def _refetch_async(instance: Any, recorder: _Recorder) -> None:
                 await client.aclose()
             except Exception:
                 _log.debug("closing the follow-up client failed", exc_info=True)
-
-
-def _async_command_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
-    async def run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        call = _start_command(tracer, instance, args)
-        if call is None:
-            return await wrapped(*args, **kwargs)
-        token = call.activate()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.deactivate(token)
-            _command_failed(instance, args, exc)
-            call.fail(exc)
-            raise
-        call.deactivate(token)
-        reads = False
-        try:
-            recorder = _after_command(instance, args, kwargs, result)
-            if recorder is not None:
-                await _refetch_async(instance, recorder)
-                recorder.apply(call.span)
-                reads = bool(recorder.reads)
-        except Exception:
-            _log.debug("recording the command failed", exc_info=True)
-        call.guard(reads)
-        call.end()
-        return result
-
-    def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not args or not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        return run(wrapped, instance, args, kwargs)
-
-    return traced_command
-
-
-def _async_pipeline_wrapper(tracer: trace.Tracer) -> Callable[..., Any]:
-    async def run(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        try:
-            batch = _Batch(tracer, instance) if _stack(instance) else None
-        except Exception:
-            _log.debug("starting the pipeline span failed", exc_info=True)
-            batch = None
-        if batch is None:
-            return await wrapped(*args, **kwargs)
-        call = batch.call
-        token = call.activate()
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            call.deactivate(token)
-            recorder = _batch_failed(batch, instance, exc)
-            if recorder is not None:
-                try:
-                    await _refetch_async(instance, recorder)
-                    recorder.apply(call.span)
-                except Exception:
-                    _log.debug("recording the failed pipeline failed", exc_info=True)
-            call.fail(exc, status=not _watch_error(exc))
-            raise
-        call.deactivate(token)
-        reads = False
-        try:
-            recorder = batch.record(instance, result)
-            await _refetch_async(instance, recorder)
-            recorder.apply(call.span)
-            batch.outcome(call.span, "commit", bool(recorder.writes))
-            reads = bool(recorder.reads)
-        except Exception:
-            _log.debug("recording the pipeline failed", exc_info=True)
-        call.guard(reads)
-        call.end()
-        return result
-
-    def traced_execute(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not is_instrumentation_enabled():
-            return wrapped(*args, **kwargs)
-        return run(wrapped, instance, args, kwargs)
-
-    return traced_execute
 
 
 # --------------------------------------------------------------------------- instrumentor
@@ -851,14 +800,9 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             __name__, __version__, tracer_provider=kwargs.get("tracer_provider")
         )
         wrappers: dict[tuple[type, str], Callable[..., Any]] = {}
-        factories = {
-            ("command", False): _command_wrapper,
-            ("pipeline", False): _pipeline_wrapper,
-            ("command", True): _async_command_wrapper,
-            ("pipeline", True): _async_pipeline_wrapper,
-        }
+        factories = {"command": _command_wrapper, "pipeline": _pipeline_wrapper}
         for cls, name, kind, is_async in _targets():
-            wrapper = factories[(kind, is_async)](tracer)
+            wrapper = factories[kind](tracer, is_async)
             chain = wrapper_chain(cls, name)
             if chain[-1] is None:
                 continue
