@@ -16,7 +16,6 @@ import secrets
 import threading
 import uuid
 import weakref
-from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, Protocol, TypeVar
@@ -33,6 +32,7 @@ from ..config import FactRule, Settings, get_settings
 from ..errors import StaleReadError
 from ..model import VersionError, parse_version
 from ._sql import Statement, Value
+from ._state_cache import StateCache
 
 _log = logging.getLogger(__name__)
 
@@ -142,57 +142,9 @@ def quote(name: str) -> str:
 # --------------------------------------------------------------------------- row versions
 
 
-class RowStateCache:
-    """Per-column digests of recent row states, so a projection read maps to a full version.
-
-    Bounded LRU (facts x states); holds only keyed digests, never values. Entries made
-    under another digest key are dropped when the settings change.
-    """
-
-    def __init__(self, max_facts: int = _MAX_FACTS, depth: int = _STATES_PER_FACT) -> None:
-        self._max = max_facts
-        self._depth = depth
-        self._lock = threading.Lock()
-        self._data: OrderedDict[str, deque[tuple[str, dict[str, str]]]] = OrderedDict()
-        self._key: bytes | None = None
-
-    def _check(self, settings: Settings) -> None:
-        if self._key != settings.digest_key:
-            self._data.clear()
-            self._key = settings.digest_key
-
-    def add(self, settings: Settings, fact: str, version: str, digests: dict[str, str]) -> None:
-        with self._lock:
-            self._check(settings)
-            states = self._data.get(fact)
-            if states is None:
-                states = self._data[fact] = deque(maxlen=self._depth)
-            self._data.move_to_end(fact)
-            if states and states[-1] == (version, digests):
-                return
-            states.append((version, digests))
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
-
-    def match(self, settings: Settings, fact: str, digests: dict[str, str]) -> str | None:
-        """The newest known state of `fact` whose columns match `digests`."""
-        with self._lock:
-            self._check(settings)
-            states = self._data.get(fact)
-            if not states:
-                return None
-            self._data.move_to_end(fact)
-            for version, known in reversed(states):
-                if all(known.get(name) == digest for name, digest in digests.items()):
-                    return version
-            return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-row_states = RowStateCache()  # the driver instrumentations' (SQLAlchemy keeps its own)
+# Per-column digests of recent row states (the driver instrumentations'; SQLAlchemy keeps
+# its own), so a projection read maps to a full version.
+row_states: StateCache[str] = StateCache(_MAX_FACTS, _STATES_PER_FACT)
 
 
 def row_version(
@@ -201,7 +153,7 @@ def row_version(
     physical: str,
     values: Mapping[str, object],
     full: bool = True,
-    states: RowStateCache = row_states,
+    states: StateCache[str] = row_states,
 ) -> str:
     """Version of a row state as read. A complete row (`full`): its version column's value,
     else a digest of the row; its column digests are remembered for projection reads. A
@@ -214,11 +166,11 @@ def row_version(
     if full:
         if version is None:
             version = settings.digest(row_bytes(b"r", values))
-        states.add(settings, physical, version, column_digests(settings, values))
+        states.add(settings.digest_key, physical, version, column_digests(settings, values))
         return version
     if version is not None:
         return version
-    known = states.match(settings, physical, column_digests(settings, values))
+    known = states.match(settings.digest_key, physical, column_digests(settings, values))
     return known if known is not None else settings.digest(row_bytes(b"p", values))
 
 

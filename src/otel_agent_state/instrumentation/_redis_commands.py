@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import string
-import threading
-from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,6 +19,7 @@ from urllib.parse import quote
 
 from ..config import FactRule, Settings
 from ..model import VersionError, parse_version
+from ._state_cache import StateCache
 
 STORE = "redis"
 MAX_KEY_CHARS = 200  # longer key texts end in a hash of the whole key
@@ -493,51 +492,9 @@ def _dig(doc: Any, path: tuple[str, ...]) -> Any:
     return doc
 
 
-class HashStates:
-    """Recent whole-hash states per key (version and per-field digests), so a read of some
-    fields maps to the version of the whole hash. Bounded LRU; digests only, no values."""
-
-    def __init__(self, max_keys: int = 10_000, depth: int = 8) -> None:
-        self._max = max_keys
-        self._depth = depth
-        self._lock = threading.Lock()
-        self._data: OrderedDict[str, deque[tuple[str, dict[bytes, str | None]]]] = OrderedDict()
-        self._key: bytes | None = None
-
-    def add(self, digest_key: bytes, key: str, version: str, fields: dict[bytes, str]) -> None:
-        with self._lock:
-            if self._key != digest_key:
-                self._data.clear()
-                self._key = digest_key
-            states = self._data.get(key)
-            if states is None:
-                states = self._data[key] = deque(maxlen=self._depth)
-            self._data.move_to_end(key)
-            known: dict[bytes, str | None] = dict(fields)
-            if not states or states[-1] != (version, known):
-                states.append((version, known))
-            while len(self._data) > self._max:
-                self._data.popitem(last=False)
-
-    def match(self, digest_key: bytes, key: str, fields: dict[bytes, str | None]) -> str | None:
-        """The newest known state of `key` with these field digests (None: field absent)."""
-        with self._lock:
-            if self._key != digest_key:
-                return None
-            states = self._data.get(key)
-            if not states:
-                return None
-            for version, known in reversed(states):
-                if all(known.get(name) == digest for name, digest in fields.items()):
-                    return version
-            return None
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-
-hash_states = HashStates()
+# Recent whole-hash states per key (version and per-field digests), so a read of some
+# fields maps to the version of the whole hash.
+hash_states: StateCache[bytes] = StateCache(max_keys=10_000, depth=8)
 
 
 class Versions:
