@@ -26,7 +26,8 @@ from opentelemetry.trace import StatusCode
 from otel_agent_state import StaleReadError, agent, configure, observe_write, workflow
 from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation import redis as ours_module
-from otel_agent_state.instrumentation.redis import RedisInstrumentor, wrapper_chain
+from otel_agent_state.instrumentation._dbapi import chain_of
+from otel_agent_state.instrumentation.redis import RedisInstrumentor
 
 from .conftest import Telemetry
 
@@ -105,7 +106,7 @@ def client(telemetry: Telemetry, redis_url: str) -> Iterator[redis.Redis]:
 def test_contrib_outermost_ours_innermost(order: str, telemetry: Telemetry) -> None:
     with stack(order, telemetry.provider):
         for cls, name in TARGETS:
-            chain = wrapper_chain(cls, name)
+            chain = chain_of(cls, name)
             assert len(chain) == 3, (cls, name)
             assert is_contrib(chain[0]) and is_ours(chain[1])
             assert chain[2] is ORIGINALS[(cls, name)]

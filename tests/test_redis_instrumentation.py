@@ -25,7 +25,8 @@ from opentelemetry.trace import StatusCode
 from otel_agent_state import StaleReadError, agent, config, configure, observe_write, workflow
 from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation import _redis_commands
-from otel_agent_state.instrumentation.redis import RedisInstrumentor, wrapper_chain
+from otel_agent_state.instrumentation._dbapi import chain_of
+from otel_agent_state.instrumentation.redis import RedisInstrumentor
 from otel_agent_state.instrumentation.sqlite3 import SQLite3Instrumentor
 
 from .conftest import Telemetry
@@ -717,7 +718,7 @@ def test_uninstrument_restores_redis_py(redis_url: str, telemetry: Telemetry) ->
         ]
     }
     RedisInstrumentor().instrument(tracer_provider=telemetry.provider)
-    assert all(len(wrapper_chain(cls, name)) == 2 for cls, name in originals)
+    assert all(len(chain_of(cls, name)) == 2 for cls, name in originals)
     RedisInstrumentor().uninstrument()
     for (cls, name), original in originals.items():
         assert cls.__dict__[name] is original

@@ -34,6 +34,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state import config, runtime
 from otel_agent_state.errors import StaleReadError
 from otel_agent_state.instrumentation import sqlite3 as inst
+from otel_agent_state.instrumentation._dbapi import chain_of
 from otel_agent_state.model import Anomaly, AnomalyKind
 
 from .conftest import Telemetry
@@ -187,7 +188,7 @@ def test_contrib_wrapper_is_outermost_in_either_load_order(tmp_path: Path, order
     e = Env(tmp_path, order)
     with stack(order, e.provider):
         for module in (sqlite3, dbapi2):
-            chain = inst._wrapper_chain(module)
+            chain = chain_of(module, "connect")
             assert len(chain) == 3
             assert is_contrib_wrapper(chain[0])
             assert is_our_wrapper(chain[1])

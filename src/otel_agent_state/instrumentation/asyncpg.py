@@ -18,14 +18,13 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from typing import Any
 
-import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from .. import runtime
 from . import _postgres as pg
-from ._dbapi import replace_link, wrapper_chain
+from ._dbapi import unwrap_ours, wrap_under
 from ._postgres import Flow, Rows, observe_rows, run_async
 from .sqlite3 import _Read, _Slot
 
@@ -282,26 +281,6 @@ async def _iter_next(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any
 # --------------------------------------------------------------------------- wrapping
 
 
-def _chain(owner: type, name: str) -> list[Any]:
-    """The attribute and the wrapt wrappers under it, outermost first, the function last."""
-    return wrapper_chain(owner.__dict__.get(name))
-
-
-def _wrap_under(owner: type, name: str, fn: Callable[..., Any]) -> None:
-    chain = _chain(owner, name)
-    if chain[0] is None or any(getattr(link, "_self_wrapper", None) is fn for link in chain):
-        return
-    replace_link(owner, name, chain, len(chain) - 1, wrapt.FunctionWrapper(chain[-1], fn))
-
-
-def _unwrap_ours(owner: type, name: str, fn: Callable[..., Any]) -> None:
-    chain = _chain(owner, name)
-    for index, link in enumerate(chain[:-1]):
-        if getattr(link, "_self_wrapper", None) is fn:
-            replace_link(owner, name, chain, index, link.__wrapped__)
-            return
-
-
 _KINDS = ("execute", "executemany", "fetch", "fetchrow", "fetchval")
 _WRAPPERS = {kind: _statement(kind) for kind in _KINDS}
 
@@ -350,7 +329,7 @@ class AsyncpgInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         )
         for owner, name, fn in _targets():
             try:
-                _wrap_under(owner, name, fn)
+                wrap_under(owner, name, fn)
             except Exception:
                 _log.debug("cannot wrap %s.%s", owner.__name__, name, exc_info=True)
         setattr(asyncpg.connection.Connection, "_agentstate_traced", True)  # noqa: B010
@@ -363,7 +342,7 @@ class AsyncpgInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         runtime.mark_driver(MODULE, False)
         for owner, name, fn in _targets():
             try:
-                _unwrap_ours(owner, name, fn)
+                unwrap_ours(owner, name, fn)
             except Exception:
                 _log.debug("cannot unwrap %s.%s", owner.__name__, name, exc_info=True)
         if "_agentstate_traced" in asyncpg.connection.Connection.__dict__:

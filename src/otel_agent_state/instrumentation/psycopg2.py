@@ -16,14 +16,13 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any
 
-import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from .. import runtime
 from . import _postgres as pg
+from ._dbapi import unwrap_ours, wrap_under
 from ._postgres import Rows
-from .sqlite3 import _replace_link, _wrapper_chain
 
 _log = logging.getLogger(__name__)
 
@@ -239,13 +238,7 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc]
             return wrapped(*args, **kw)
 
         self._connect_wrapper = connect
-        chain = _wrapper_chain(psycopg2)
-        ours = wrapt.FunctionWrapper(chain[-1], connect)
-        try:
-            _replace_link(psycopg2, chain, len(chain) - 1, ours)
-        except Exception:
-            _log.debug("cannot go under the existing connect wrapper", exc_info=True)
-            wrapt.wrap_function_wrapper(psycopg2, "connect", connect)
+        wrap_under(psycopg2, "connect", connect)
         runtime.mark_driver(MODULE, True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -255,12 +248,6 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc]
         runtime.mark_driver(MODULE, False)
         ours = self._connect_wrapper
         self._connect_wrapper = None
-        chain = _wrapper_chain(psycopg2)
-        for index, link in enumerate(chain[:-1]):
-            if ours is not None and getattr(link, "_self_wrapper", None) is ours:
-                try:
-                    _replace_link(psycopg2, chain, index, link.__wrapped__)
-                except Exception:
-                    _log.debug("cannot take our connect wrapper out", exc_info=True)
-                break
+        if ours is not None:
+            unwrap_ours(psycopg2, "connect", ours)
         _tracer = None

@@ -32,7 +32,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
@@ -774,11 +773,6 @@ def _targets() -> list[tuple[type, str, str, bool]]:
     ]
 
 
-def wrapper_chain(cls: type, name: str) -> list[Any]:
-    """`cls.name` and the wrapt wrappers under it, outermost first, redis-py's function last."""
-    return _dbapi.wrapper_chain(cls.__dict__.get(name))
-
-
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Traces redis-py commands, pipelines and MULTI/EXEC transactions, sync and asyncio.
 
@@ -803,27 +797,12 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         factories = {"command": _command_wrapper, "pipeline": _pipeline_wrapper}
         for cls, name, kind, is_async in _targets():
             wrapper = factories[kind](tracer, is_async)
-            chain = wrapper_chain(cls, name)
-            if chain[-1] is None:
-                continue
-            try:
-                ours = wrapt.FunctionWrapper(chain[-1], wrapper)
-                _dbapi.replace_link(cls, name, chain, len(chain) - 1, ours)
-            except Exception:  # a wrapper that does not let us in: wrap on top of it
-                _log.debug("cannot go under the wrapper of %s.%s", cls, name, exc_info=True)
-                wrapt.wrap_function_wrapper(cls, name, wrapper)
-            wrappers[(cls, name)] = wrapper
+            if _dbapi.wrap_under(cls, name, wrapper):
+                wrappers[(cls, name)] = wrapper
         type(self)._wrappers = wrappers
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wrappers = type(self)._wrappers
         type(self)._wrappers = {}
         for (cls, name), ours in wrappers.items():
-            chain = wrapper_chain(cls, name)
-            for index, link in enumerate(chain[:-1]):
-                if getattr(link, "_self_wrapper", None) is ours:
-                    try:
-                        _dbapi.replace_link(cls, name, chain, index, link.__wrapped__)
-                    except Exception:  # never unwrap() here: it would take out another's
-                        _log.debug("cannot take our wrapper out of %s.%s", cls, name)
-                    break
+            _dbapi.unwrap_ours(cls, name, ours)

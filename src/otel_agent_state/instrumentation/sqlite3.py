@@ -46,13 +46,13 @@ from ._dbapi import (
     Slot,
     annotate,
     insert_key,
-    replace_link,
     row_version,
     scope_end_spans,
     statement_attrs,
+    unwrap_ours,
     where_keys,
     where_pk,
-    wrapper_chain,
+    wrap_under,
 )
 from ._dbapi import key_part as _key_part
 from ._dbapi import quote as _quote
@@ -913,16 +913,6 @@ def uninstrument_connection(connection: Any) -> Any:
     return connection
 
 
-def _wrapper_chain(module: Any) -> list[Any]:
-    """`module.connect` and the wrapt wrappers under it, outermost first, the function last."""
-    return wrapper_chain(module.connect)
-
-
-def _replace_link(module: Any, chain: list[Any], index: int, new: Any) -> None:
-    """Make `new` stand where `chain[index]` stands (module attribute or a wrapper's inside)."""
-    replace_link(module, "connect", chain, index, new)
-
-
 class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Wraps `sqlite3.connect` (and `sqlite3.dbapi2.connect`) so connections are traced.
 
@@ -953,15 +943,7 @@ class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         self._connect_wrapper = connect
         for module in (sqlite3, dbapi2):
-            chain = _wrapper_chain(module)
-            if any(getattr(link, "_self_wrapper", None) is connect for link in chain):
-                continue  # the same wrapper object is shared by both modules
-            ours = wrapt.FunctionWrapper(chain[-1], connect)
-            try:
-                _replace_link(module, chain, len(chain) - 1, ours)
-            except Exception:  # a wrapper that does not let us in: wrap on top of it
-                _log.debug("cannot go under the existing connect wrapper", exc_info=True)
-                wrapt.wrap_function_wrapper(module, "connect", connect)
+            wrap_under(module, "connect", connect)
         runtime.mark_driver("sqlite3", True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -971,11 +953,5 @@ class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
         ours = self._connect_wrapper
         self._connect_wrapper = None
         for module in (sqlite3, dbapi2):
-            chain = _wrapper_chain(module)
-            for index, link in enumerate(chain[:-1]):
-                if ours is not None and getattr(link, "_self_wrapper", None) is ours:
-                    try:
-                        _replace_link(module, chain, index, link.__wrapped__)
-                    except Exception:  # never unwrap() here: it would take out another's
-                        _log.debug("cannot take our connect wrapper out", exc_info=True)
-                    break
+            if ours is not None:
+                unwrap_ours(module, "connect", ours)
