@@ -26,7 +26,7 @@ from opentelemetry.trace import StatusCode
 from otel_agent_state import StaleReadError, agent, configure, observe_write, workflow
 from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation import redis as ours_module
-from otel_agent_state.instrumentation._dbapi import chain_of
+from otel_agent_state.instrumentation._wrapping import chain_of
 from otel_agent_state.instrumentation.redis import RedisInstrumentor
 
 from .conftest import Telemetry

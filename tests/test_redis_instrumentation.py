@@ -25,7 +25,7 @@ from opentelemetry.trace import StatusCode
 from otel_agent_state import StaleReadError, agent, config, configure, observe_write, workflow
 from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation import _redis_commands
-from otel_agent_state.instrumentation._dbapi import chain_of
+from otel_agent_state.instrumentation._wrapping import chain_of
 from otel_agent_state.instrumentation.redis import RedisInstrumentor
 from otel_agent_state.instrumentation.sqlite3 import SQLite3Instrumentor
 

@@ -34,7 +34,7 @@ from otel_agent_state import attributes as A
 from otel_agent_state import config, runtime
 from otel_agent_state.errors import StaleReadError
 from otel_agent_state.instrumentation import sqlite3 as inst
-from otel_agent_state.instrumentation._dbapi import chain_of
+from otel_agent_state.instrumentation._wrapping import chain_of
 from otel_agent_state.model import Anomaly, AnomalyKind
 
 from .conftest import Telemetry

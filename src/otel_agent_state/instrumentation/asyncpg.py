@@ -24,8 +24,8 @@ from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 
 from .. import runtime
 from . import _postgres as pg
-from ._dbapi import unwrap_ours, wrap_under
 from ._postgres import Flow, Rows, observe_rows, run_async
+from ._wrapping import unwrap_ours, wrap_under
 from .sqlite3 import _Read, _Slot
 
 _log = logging.getLogger(__name__)

@@ -16,10 +16,8 @@ import logging
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 
 from .. import __version__
 from ..config import FactRule, Settings, get_settings
@@ -36,6 +34,7 @@ from ._vector import (
     sync_wrapper,
     version_field,
 )
+from ._wrapping import Wrapped, unwrap_all, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -238,7 +237,7 @@ class _Chroma:
 class ChromaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Wraps the record methods of chromadb's `Collection` and `AsyncCollection`."""
 
-    _wrapped: list[tuple[type, str]]
+    _wrapped: Wrapped
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("chromadb >= 0.5",)
@@ -260,11 +259,10 @@ class ChromaInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         self._wrapped = []
         for cls, make in classes:
             for method in _METHODS:
-                if callable(cls.__dict__.get(method)):
-                    wrapt.wrap_function_wrapper(cls, method, make(handler, method))
-                    self._wrapped.append((cls, method))
+                wrapper = make(handler, method)
+                if wrap_under(cls, method, wrapper):
+                    self._wrapped.append((cls, method, wrapper))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, method in getattr(self, "_wrapped", ()):
-            unwrap(cls, method)
+        unwrap_all(getattr(self, "_wrapped", []))
         self._wrapped = []

@@ -23,10 +23,8 @@ import secrets
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 
 from .. import __version__
 from ..config import FactRule, Settings, get_settings
@@ -43,6 +41,7 @@ from ._vector import (
     sync_wrapper,
     version_field,
 )
+from ._wrapping import Wrapped, unwrap_all, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -313,7 +312,7 @@ class _LanceDB:
 class LanceDBInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Wraps embedded LanceDB tables' writes and query execution."""
 
-    _wrapped: list[tuple[type, str]]
+    _wrapped: Wrapped
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("lancedb >= 0.13",)
@@ -332,29 +331,21 @@ class LanceDBInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         if isinstance(kwargs.get("id_columns"), Mapping):
             id_columns.update({str(k): str(v) for k, v in kwargs["id_columns"].items()})
         handler = _LanceDB(tracer, default_id, id_columns)
-        self._wrapped = []
-        for method in ("add", "update", "delete"):
-            if callable(LanceTable.__dict__.get(method)):
-                wrapt.wrap_function_wrapper(LanceTable, method, sync_wrapper(handler, method))
-                self._wrapped.append((LanceTable, method))
-        if callable(LanceMergeInsertBuilder.__dict__.get("execute")):
-            wrapt.wrap_function_wrapper(
-                LanceMergeInsertBuilder, "execute", sync_wrapper(handler, "merge_insert")
-            )
-            self._wrapped.append((LanceMergeInsertBuilder, "execute"))
         search = _outermost(sync_wrapper(handler, "search"))
-        for cls in vars(lance_query).values():
-            if (
-                isinstance(cls, type)
-                and issubclass(cls, lance_query.LanceQueryBuilder)
-                and callable(cls.__dict__.get("to_arrow"))
-            ):
-                wrapt.wrap_function_wrapper(cls, "to_arrow", search)
-                self._wrapped.append((cls, "to_arrow"))
+        targets: Wrapped = [
+            (LanceTable, method, sync_wrapper(handler, method))
+            for method in ("add", "update", "delete")
+        ]
+        targets.append((LanceMergeInsertBuilder, "execute", sync_wrapper(handler, "merge_insert")))
+        targets.extend(
+            (cls, "to_arrow", search)
+            for cls in vars(lance_query).values()
+            if isinstance(cls, type) and issubclass(cls, lance_query.LanceQueryBuilder)
+        )
+        self._wrapped = [target for target in targets if wrap_under(*target)]
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, method in getattr(self, "_wrapped", ()):
-            unwrap(cls, method)
+        unwrap_all(getattr(self, "_wrapped", []))
         self._wrapped = []
 
 

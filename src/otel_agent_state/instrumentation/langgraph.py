@@ -50,7 +50,7 @@ import wrapt
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import is_instrumentation_enabled, unwrap
+from opentelemetry.instrumentation.utils import is_instrumentation_enabled
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__, runtime
@@ -58,6 +58,7 @@ from .. import attributes as A
 from ..config import get_settings
 from ..errors import StaleReadError
 from ..model import NONE_VERSION, Op
+from ._wrapping import Wrapped, unwrap_all
 
 _log = logging.getLogger(__name__)
 
@@ -908,7 +909,7 @@ class LangGraphInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     so a process that never uses LangGraph does not pay for importing it.
     """
 
-    _wrapped: list[tuple[Any, str]]
+    _wrapped: Wrapped
     _active: object | None = None
 
     def instrumentation_dependencies(self) -> Collection[str]:
@@ -946,11 +947,10 @@ class LangGraphInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 _log.debug("langgraph has no %s.%s: not wrapped", module_name, path)
                 continue
             wrapt.wrap_function_wrapper(module, path, wrappers[key])
-            self._wrapped.append((owner, attribute))
+            self._wrapped.append((owner, attribute, wrappers[key]))
 
     def _unwrap(self) -> None:
-        for owner, attribute in reversed(getattr(self, "_wrapped", [])):
-            unwrap(owner, attribute)
+        unwrap_all(getattr(self, "_wrapped", []))
         self._wrapped = []
 
     def _uninstrument(self, **kwargs: Any) -> None:

@@ -22,6 +22,7 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from .. import runtime
 from . import _postgres as pg
 from ._postgres import Flow, Rows, observe_rows, run_async, run_sync
+from ._wrapping import unwrap_ours
 from .sqlite3 import _Slot
 
 _log = logging.getLogger(__name__)
@@ -422,9 +423,7 @@ class PsycopgInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
         runtime.mark_driver(MODULE, False)
         for cls, name, fn in _targets():
-            current = cls.__dict__.get(name)
-            if current is not None and getattr(current, "_self_wrapper", None) is fn:
-                setattr(cls, name, current.__wrapped__)
+            unwrap_ours(cls, name, fn)
         for conn_cls in (psycopg.Connection, psycopg.AsyncConnection):
             if "_agentstate_traced" in conn_cls.__dict__:
                 delattr(conn_cls, "_agentstate_traced")

@@ -21,8 +21,8 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 
 from .. import runtime
 from . import _postgres as pg
-from ._dbapi import unwrap_ours, wrap_under
 from ._postgres import Rows
+from ._wrapping import unwrap_ours, wrap_under
 
 _log = logging.getLogger(__name__)
 

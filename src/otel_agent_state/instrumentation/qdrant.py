@@ -17,10 +17,8 @@ import uuid
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
-import wrapt
 from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
-from opentelemetry.instrumentation.utils import unwrap
 
 from .. import __version__
 from ..config import FactRule, Settings, get_settings
@@ -37,6 +35,7 @@ from ._vector import (
     sync_wrapper,
     version_field,
 )
+from ._wrapping import Wrapped, unwrap_all, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -329,7 +328,7 @@ class _Qdrant:
 class QdrantInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Wraps the point methods of `QdrantClient` and `AsyncQdrantClient`."""
 
-    _wrapped: list[tuple[type, str]]
+    _wrapped: Wrapped
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("qdrant-client >= 1.9",)
@@ -350,10 +349,10 @@ class QdrantInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             for method in _METHODS:
                 if not callable(getattr(cls, method, None)):
                     continue  # e.g. a method an older client does not have
-                wrapt.wrap_function_wrapper(cls, method, make(handler, method))
-                self._wrapped.append((cls, method))
+                wrapper = make(handler, method)
+                if wrap_under(cls, method, wrapper):
+                    self._wrapped.append((cls, method, wrapper))
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        for cls, method in getattr(self, "_wrapped", ()):
-            unwrap(cls, method)
+        unwrap_all(getattr(self, "_wrapped", []))
         self._wrapped = []

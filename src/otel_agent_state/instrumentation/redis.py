@@ -44,7 +44,6 @@ from .. import attributes as A
 from ..adapter import encode_fields
 from ..config import FactRule, get_settings
 from ..errors import StaleReadError
-from . import _dbapi
 from ._redis_commands import (
     ABSENT,
     COMMANDS,
@@ -60,6 +59,7 @@ from ._redis_commands import (
 )
 from ._redis_commands import _parse_json as parse_json
 from ._steps import CALL, Body, adrive, drive
+from ._wrapping import unwrap_ours, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -797,7 +797,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         factories = {"command": _command_wrapper, "pipeline": _pipeline_wrapper}
         for cls, name, kind, is_async in _targets():
             wrapper = factories[kind](tracer, is_async)
-            if _dbapi.wrap_under(cls, name, wrapper):
+            if wrap_under(cls, name, wrapper):
                 wrappers[(cls, name)] = wrapper
         type(self)._wrappers = wrappers
 
@@ -805,4 +805,4 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         wrappers = type(self)._wrappers
         type(self)._wrappers = {}
         for (cls, name), ours in wrappers.items():
-            _dbapi.unwrap_ours(cls, name, ours)
+            unwrap_ours(cls, name, ours)

@@ -49,16 +49,15 @@ from ._dbapi import (
     row_version,
     scope_end_spans,
     statement_attrs,
-    unwrap_ours,
     where_keys,
     where_pk,
-    wrap_under,
 )
 from ._dbapi import key_part as _key_part
 from ._dbapi import quote as _quote
 from ._dbapi import row_states as row_states  # tests clear it
 from ._dbapi import suppressed as _suppressed
 from ._sql import Statement, analyse, split_statements
+from ._wrapping import unwrap_ours, wrap_under
 
 _log = logging.getLogger(__name__)
 
