@@ -408,6 +408,58 @@ def test_cache_aside_fills_and_invalidations_are_copies_not_versions(
     assert writes(fill)["credit_score/42"].startswith("h:")
 
 
+def _two_tier_call(client: redis.Redis, how: str) -> None:
+    """Write a primary key and drop a cache key in one call."""
+    if how == "raw multi":
+        for command in (("MULTI",), ("SET", "session:1", "s"), ("DEL", "credit_score:42")):
+            client.execute_command(*command)
+        client.execute_command("EXEC")
+        return
+    pipe = client.pipeline(transaction=how == "multi")
+    pipe.set("session:1", "s")
+    pipe.delete("credit_score:42")
+    pipe.execute()
+
+
+@pytest.mark.parametrize("how", ["multi", "plain", "raw multi"])
+def test_a_call_over_two_tiers_puts_each_tier_on_a_span_of_its_own(
+    client: redis.Redis, telemetry: Telemetry, how: str
+) -> None:
+    # A span has one tier: before, the cache key's delete was recorded in the primary tier
+    # and, being the same fact, replaced the primary write on the span.
+    client.set("credit_score:42", score(1))
+    telemetry.exporter.clear()
+    _two_tier_call(client, how)
+    [main] = [s for s in redis_spans(telemetry) if writes(s)]
+    [part] = [s for s in telemetry.spans() if s.name == "agentstate.keys cache"]
+    assert (attrs(main)[A.TIER], list(writes(main))) == ("primary", ["session/1"])
+    assert (attrs(part)[A.TIER], writes(part)) == ("cache", {"credit_score/42": "none"})
+    assert part.parent is not None and part.parent.span_id == main.context.span_id
+    assert part.start_time == main.start_time  # dated from the call, not after it
+    if how == "plain":
+        assert attrs(part)[A.COMMITTED] is True and A.TXN_ID not in attrs(part)
+    else:  # the part's writes end with the call's transaction
+        assert attrs(main)[A.TXN_OUTCOME] == "commit"
+        assert (attrs(part)[A.TXN_ID], attrs(part)[A.COMMITTED]) == (attrs(main)[A.TXN_ID], False)
+
+
+def test_raise_mode_stops_a_stale_read_in_a_calls_second_tier(
+    client: redis.Redis, primary: Path, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(config.ENV_ON_ANOMALY, "raise")
+    config.set_settings(config.settings_from_env())
+    configure(rules=RULES)
+    client.set("credit_score:42", score(1, 680))
+    with workflow("credit"):
+        rescore(primary, client, invalidate=False)
+        with agent("risk-assessor"), pytest.raises(StaleReadError) as caught:
+            pipe = client.pipeline(transaction=False)
+            pipe.set("session:1", "s")  # the call's first tier: primary
+            pipe.get("credit_score:42")  # the stale cached score, in the cache tier
+            pipe.execute()
+    assert caught.value.anomaly.fact == "credit_score/42"
+
+
 def test_raise_mode_stops_the_stale_value(
     client: redis.Redis, primary: Path, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -782,8 +834,11 @@ def test_hash_merge_writes_carry_their_fields(client: redis.Redis, telemetry: Te
     assert fields(hset_both) == {"session/1": "b%2C%2525,tone"}  # names escaped, sorted
     assert fields(hset_one) == fields(hdel) == {"session/1": "tone"}
     assert A.WRITE_FIELDS not in attrs(set_span)  # a SET replaces the whole value
-    assert fields(pipeline) == {"session/2": "lang,tz", "redis:1/plain": ""}
-    for span in (hset_both, set_span, pipeline):
+    # The pipeline's first key is a primary one: the cache key goes on a child span.
+    [cache_part] = [s for s in telemetry.spans() if s.name == "agentstate.keys cache"]
+    assert fields(pipeline) == {"session/2": "lang,tz"}
+    assert set(writes(cache_part)) == {"redis:1/plain"} and not fields(cache_part)
+    for span in (hset_both, set_span, pipeline, cache_part):
         assert attrs(span)[A.COMMITTED] is True  # applied as it ran
 
 
@@ -850,11 +905,18 @@ def test_raw_multi_records_the_queued_commands_at_exec(
     a = attrs(exec_span)
     assert a[A.STORE] == "redis" and a[A.OP] == "read_write"
     assert a[A.TXN_OUTCOME] == "commit" and a[A.TXN_ID] and a[A.COMMITTED] is True
-    assert set(writes(exec_span)) == {"credit_score/1", "session/1", "redis:1/counter"}
+    # The cache tier was touched first; the primary key's write goes on a child span that
+    # ends with the transaction.
+    assert set(writes(exec_span)) == {"credit_score/1", "redis:1/counter"}
     assert writes(exec_span)["credit_score/1"] == "n:2"
-    assert fields(exec_span) == {"credit_score/1": "", "session/1": "tone", "redis:1/counter": ""}
     assert set(reads(exec_span)) == {"redis:1/other", "redis:1/counter"}  # INCR read 5
     assert reads(exec_span)["redis:1/other"] == "none"
+    [primary_part] = [s for s in telemetry.spans() if s.name == "agentstate.keys primary"]
+    p = attrs(primary_part)
+    assert set(writes(primary_part)) == {"session/1"} and fields(primary_part) == {
+        "session/1": "tone"
+    }
+    assert (p[A.TIER], p[A.TXN_ID], p[A.COMMITTED]) == ("primary", a[A.TXN_ID], False)
     # The client is out of MULTI: the next command is recorded as it runs.
     telemetry.exporter.clear()
     single.set("after", "1")
@@ -947,8 +1009,10 @@ def test_async_raw_multi_and_failed_pipeline(telemetry: Telemetry, redis_url: st
     multi, hset, delete, exec_span, pipeline, _ = redis_spans(telemetry)
     assert all(A.OP not in attrs(s) for s in (multi, hset, delete))
     assert attrs(exec_span)[A.TXN_OUTCOME] == "commit"
-    assert fields(exec_span) == {"session/1": "tone", f"redis:{ASYNC_DB}/gone": ""}
-    assert writes(exec_span)[f"redis:{ASYNC_DB}/gone"] == "none"
+    assert fields(exec_span) == {"session/1": "tone"}
+    [cache_part] = [s for s in telemetry.spans() if s.name == "agentstate.keys cache"]
+    assert writes(cache_part) == {f"redis:{ASYNC_DB}/gone": "none"}
+    assert attrs(cache_part)[A.TXN_ID] == attrs(exec_span)[A.TXN_ID]
     assert set(writes(pipeline)) == {f"redis:{ASYNC_DB}/a"}
     assert attrs(pipeline)[A.COMMITTED] is True
     assert pipeline.status.status_code == StatusCode.ERROR

@@ -35,7 +35,14 @@ PREFS = {  # a customer's preferences: a hash in Redis only, no version field (d
     "name": "prefs",
     "keys": [{"pattern": "redis:*/prefs:{id}", "tier": "primary"}],
 }
-RULES = (CREDIT, PROFILE, BALANCE, PREFS)
+LIMIT = {  # a credit limit kept in Redis, with a per-region cached copy beside it
+    "name": "limit",
+    "keys": [
+        {"pattern": "redis:*/limit:{id}", "tier": "primary"},
+        {"pattern": "redis:*/limit_cache:{id}", "tier": "cache"},
+    ],
+}
+RULES = (CREDIT, PROFILE, BALANCE, PREFS, LIMIT)
 
 
 def _cached(version: int, score: int) -> str:
@@ -150,6 +157,58 @@ def cache_write_through(env: Env) -> None:
     with workflow("credit"):
         _rescore(env, client, refresh=True)
         assert _assess(env, client) == 750
+
+
+def _raise_limit(client: redis.Redis) -> None:
+    """One MULTI pipeline drops the cached copy and writes the new limit: two tiers."""
+    with agent("limit-admin"):
+        pipe = client.pipeline()
+        pipe.delete("limit_cache:9")
+        pipe.set("limit:9", "900")
+        pipe.execute()
+
+
+def _limit_decision(client: redis.Redis) -> int:
+    with agent("risk-assessor"):
+        limit = int(client.get("limit_cache:9") or client.get("limit:9") or 0)
+        with decision("approve purchase") as chosen:
+            chosen.outcome("approve" if limit >= 700 else "decline")
+        return limit
+
+
+@scenario(
+    "a cache fill from an old read lands after a pipelined invalidate-and-write",
+    expect={"stale_read": 1},
+    stores=("redis",),
+    rules=RULES,
+)
+def stale_fill_after_pipelined_write(env: Env) -> None:
+    client = _setup(env)
+    with suppress_instrumentation():
+        client.mset({"limit:9": "500", "limit_cache:9": "500"})
+    with workflow("limits"):
+        with agent("cache-filler"):
+            old = client.get("limit:9")
+        _raise_limit(client)
+        with agent("cache-filler"):
+            client.set("limit_cache:9", old or b"")  # the race: a fill from before the write
+        assert _limit_decision(client) == 500
+
+
+@scenario(
+    "a pipelined invalidate-and-write, then the cache filled from the primary",
+    stores=("redis",),
+    rules=RULES,
+)
+def fill_after_pipelined_write(env: Env) -> None:
+    client = _setup(env)
+    with suppress_instrumentation():
+        client.mset({"limit:9": "500", "limit_cache:9": "500"})
+    with workflow("limits"):
+        _raise_limit(client)
+        with agent("cache-filler"):
+            client.set("limit_cache:9", client.get("limit:9") or b"")
+        assert _limit_decision(client) == 900
 
 
 @scenario(

@@ -124,27 +124,36 @@ def _summary(names: Sequence[str], prefix: str) -> str:
 # --------------------------------------------------------------------------- observations
 
 
+_Place = tuple[str, str]  # (tier, logical fact): a key of the cache and one of the primary
+# can be the same fact, and one call may touch both (write the value, drop the cached copy)
+
+
 class _Recorder:
-    """Facts and versions of one span, from the effects of its commands in order."""
+    """Facts and versions of one call, from the effects of its commands in order."""
 
     def __init__(self, instance: Any) -> None:
         self.db = _db(instance)
         self.versions = _versions(instance)
         self.settings = self.versions.settings
-        self.reads: dict[str, str] = {}
-        self.writes: dict[str, str] = {}
-        self.refetch: list[tuple[str, str, FactRule | None, str, Any]] = []
-        self.tier: str | None = None
+        self.reads: dict[_Place, str] = {}
+        self.writes: dict[_Place, str] = {}
+        self.refetch: list[tuple[_Place, str, FactRule | None, str, Any]] = []
+        self.tiers: list[str] = []  # in the order the call first touched them
         self.unresolved: str | None = None
         # Per written fact, the hash fields its writes merged in (None: the whole value).
-        self.fields: dict[str, frozenset[str] | None] = {}
+        self.fields: dict[_Place, frozenset[str] | None] = {}
         # Redis applied the writes as the commands ran (no MULTI): say so explicitly, so they
         # count even when the span ends in error (a later command of a pipeline failed).
         self.applied = True
         self.txn: tuple[str, str] | None = None  # (id, outcome) of a raw MULTI ended here
+        self.batch_txn: str | None = None  # the id of the MULTI pipeline they were queued in
 
     def physical(self, key: Any) -> str:
         return f"{STORE}:{self.db}/{key_text(self.versions.raw(key))}"
+
+    def place(self, key: Any) -> _Place:
+        resolved = self.settings.resolve(self.physical(key))
+        return resolved.tier or "cache", resolved.key
 
     def add(self, found: Sequence[Effect]) -> None:
         for effect in found:
@@ -153,86 +162,102 @@ class _Recorder:
                 return
             physical = self.physical(effect.key)
             resolved = self.settings.resolve(physical)
-            if self.tier is None:
-                self.tier = resolved.tier or "cache"
-            fact = resolved.key
+            place = (resolved.tier or "cache", resolved.key)
+            if place[0] not in self.tiers:
+                self.tiers.append(place[0])
             version = self.versions.version(physical, resolved.rule, effect.value)
             if effect.op == "r":
-                if fact in self.reads or fact in self.writes:
+                if place in self.reads or place in self.writes:
                     continue  # the span's first read counts; a read of its own write is not one
                 if version is None:
                     self.unresolved = "partial read"
                     continue
-                self.reads[fact] = version
+                self.reads[place] = version
                 continue
             names = self.field_names(effect.fields)
-            if fact in self.writes:  # several writes of one fact in one span: their union
-                before = self.fields.get(fact)
+            if place in self.writes:  # several writes of one fact in one span: their union
+                before = self.fields.get(place)
                 names = None if before is None or names is None else before | names
-            self.fields[fact] = names
-            self.writes.pop(fact, None)
+            self.fields[place] = names
+            self.writes.pop(place, None)
             if version is None:
                 kind = "json" if effect.value.kind == "refetch_json" else "hash"
-                self.refetch.append((fact, physical, resolved.rule, kind, effect.key))
+                self.refetch.append((place, physical, resolved.rule, kind, effect.key))
                 version = _PENDING
-            self.writes[fact] = version
+            self.writes[place] = version
 
     def field_names(self, fields: tuple[Any, ...] | None) -> frozenset[str] | None:
         if not fields:
             return None
         return frozenset(key_text(self.versions.raw(name)) for name in fields)
 
-    def drop(self, facts: set[str], reason: str) -> None:
+    def drop(self, places: set[_Place], reason: str) -> None:
         """Forget writes whose final version is unknown (a later command may have changed it)."""
-        for fact in facts & self.writes.keys():
-            del self.writes[fact]
+        for place in places & self.writes.keys():
+            del self.writes[place]
             self.unresolved = reason
 
-    def pending(self) -> list[tuple[str, str, FactRule | None, str, Any]]:
+    def pending(self) -> list[tuple[_Place, str, FactRule | None, str, Any]]:
         return [item for item in self.refetch if self.writes.get(item[0]) == _PENDING]
 
-    def refetched(self, fact: str, physical: str, rule: FactRule | None, value: Value) -> None:
+    def refetched(self, place: _Place, physical: str, rule: FactRule | None, value: Value) -> None:
         version = self.versions.version(physical, rule, value)
         if version is None:
-            self.writes.pop(fact, None)
+            self.writes.pop(place, None)
             self.unresolved = "version unknown"
         else:
-            self.writes[fact] = version
+            self.writes[place] = version
 
     def finish(self) -> None:
-        for fact in [f for f, v in self.writes.items() if v == _PENDING]:
-            del self.writes[fact]
+        for place in [p for p, v in self.writes.items() if v == _PENDING]:
+            del self.writes[place]
             self.unresolved = "version unknown"
 
-    def apply(self, span: Span) -> None:
+    def observed_tiers(self) -> list[str]:
+        """The tiers with something to record, the first one the call touched first."""
+        self.finish()
+        seen = {tier for tier, _ in self.reads} | {tier for tier, _ in self.writes}
+        return [tier for tier in self.tiers if tier in seen]
+
+    def apply(self, span: Span, tier: str | None = None, *, part: bool = False) -> None:
+        """Put the reads and writes of `tier` (None: the first touched) on `span`. `part`:
+        a child span with a further tier's keys, whose writes end with the call's
+        transaction (if any) rather than making one of their own."""
         if not span.is_recording():
             return
-        self.finish()
+        tiers = self.observed_tiers()
+        tier = tier or (tiers[0] if tiers else None)
+        reads = {fact: v for (t, fact), v in self.reads.items() if t == tier}
+        writes = {fact: v for (t, fact), v in self.writes.items() if t == tier}
         out: dict[str, Any] = {}  # one set_attributes call: one lock round trip
-        if self.reads or self.writes:
-            if self.reads and self.writes:
+        if reads or writes:
+            if reads and writes:
                 op = "read_write"
-            elif self.writes:
-                op = "delete" if all(v == "none" for v in self.writes.values()) else "write"
+            elif writes:
+                op = "delete" if all(v == "none" for v in writes.values()) else "write"
             else:
                 op = "read"
             out[A.OP] = op
-            out[A.TIER] = self.tier or "cache"
+            out[A.TIER] = tier
             out[A.STORE] = STORE  # EXEC of a raw MULTI is not one of our commands
-        if self.reads:
-            out[A.READ_FACTS] = list(self.reads)
-            out[A.READ_VERSIONS] = list(self.reads.values())
-            out[A.CONSISTENCY] = self.settings.consistency_label(self.reads)
-        if self.writes:
-            out[A.WRITE_FACTS] = list(self.writes)
-            out[A.WRITE_VERSIONS] = list(self.writes.values())
-            if any(self.fields.get(fact) is not None for fact in self.writes):
-                out[A.WRITE_FIELDS] = [encode_fields(self.fields.get(f)) for f in self.writes]
-            if self.applied and self.txn is None:
+        if reads:
+            out[A.READ_FACTS] = list(reads)
+            out[A.READ_VERSIONS] = list(reads.values())
+            out[A.CONSISTENCY] = self.settings.consistency_label(reads)
+        if writes:
+            out[A.WRITE_FACTS] = list(writes)
+            out[A.WRITE_VERSIONS] = list(writes.values())
+            fields = [self.fields.get((tier or "", fact)) for fact in writes]
+            if any(f is not None for f in fields):
+                out[A.WRITE_FIELDS] = [encode_fields(f) for f in fields]
+            txn = self.txn[0] if self.txn is not None else self.batch_txn
+            if part and txn is not None:
+                out[A.TXN_ID], out[A.COMMITTED] = txn, False
+            elif self.applied and self.txn is None:
                 out[A.COMMITTED] = True
-        if self.txn is not None:
+        if self.txn is not None and not part:
             out[A.TXN_ID], out[A.TXN_OUTCOME] = self.txn
-            if self.writes:
+            if writes:
                 out[A.COMMITTED] = self.txn[1] == "commit"
         if self.unresolved:
             out[A.UNRESOLVED] = self.unresolved
@@ -260,6 +285,8 @@ class _Call:
     """One span: ours (we start and end it) or contrib's for the same call (we annotate)."""
 
     def __init__(self, tracer: trace.Tracer, name: str, attrs: dict[str, Any]) -> None:
+        self.tracer = tracer
+        self.parts: list[Span] = []  # a child span per further tier of the call's keys
         current = trace.get_current_span()
         if _contrib_span(current):
             self.span = current
@@ -294,12 +321,31 @@ class _Call:
         except Exception:
             _log.debug("recording the error failed", exc_info=True)
 
+    def record(self, recorder: _Recorder) -> None:
+        """Put what the call read and wrote on its span. A span has one tier (SPEC §3): the
+        keys of each further tier (a pipeline that writes the value and drops its cached
+        copy) go on a child span of their own, dated from the call's start."""
+        tiers = recorder.observed_tiers()
+        recorder.apply(self.span, tiers[0] if tiers else None)
+        if not self.span.is_recording():
+            return
+        for tier in tiers[1:]:
+            part = self.tracer.start_span(
+                f"agentstate.keys {tier}",
+                context=trace.set_span_in_context(self.span),
+                kind=SpanKind.INTERNAL,
+                start_time=getattr(self.span, "start_time", None),
+            )
+            recorder.apply(part, tier, part=True)
+            self.parts.append(part)
+
     def guard(self, reads: bool) -> None:
         """Raise mode: a stale read raises here, before the value reaches the application."""
         if not reads:
             return
         try:
-            runtime.guard_read(self.span)
+            for span in (self.span, *self.parts):
+                runtime.guard_read(span)
         except StaleReadError as exc:
             self.fail(exc)
             raise
@@ -308,6 +354,8 @@ class _Call:
         if self.ended:
             return
         self.ended = True
+        for part in self.parts:
+            part.end()
         if self.own:
             self.span.end()
 
@@ -515,6 +563,7 @@ class _Batch:
     def record(self, instance: Any, responses: Any) -> _Recorder:
         recorder = _Recorder(instance)
         recorder.applied = not self.txn  # a MULTI's writes count with its outcome
+        recorder.batch_txn = self.txn_id
         known = isinstance(responses, list) and len(responses) == len(self.stack)
         for index, (args, _) in enumerate(self.stack):
             response = responses[index] if known else UNKNOWN
@@ -527,13 +576,14 @@ class _Batch:
         known, so what they may have written is left out."""
         recorder = _Recorder(instance)
         recorder.applied = not self.txn
+        recorder.batch_txn = self.txn_id
         for args, _ in self.stack[:applied]:
             recorder.add(effects(command_name(args), args, UNKNOWN))
         recorder.reads.clear()  # their values were never returned
-        later: set[str] = set()
+        later: set[_Place] = set()
         for args, _ in self.stack[applied + 1 :]:
             for key in written_keys(command_name(args), args):
-                later.add(recorder.settings.resolve(recorder.physical(key)).key)
+                later.add(recorder.place(key))
         if later:
             recorder.drop(later, "outcome unknown")
             recorder.unresolved = "outcome unknown"
@@ -629,7 +679,7 @@ def _command_body(tracer: trace.Tracer, instance: Any, args: Any, kwargs: Any) -
         recorder = _after_command(instance, args, kwargs, result)
         if recorder is not None:
             yield _Refetch(instance, recorder)
-            recorder.apply(call.span)
+            call.record(recorder)
             reads = bool(recorder.reads)
     except Exception:
         _log.debug("recording the command failed", exc_info=True)
@@ -656,7 +706,7 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
         if recorder is not None:
             try:
                 yield _Refetch(instance, recorder)
-                recorder.apply(call.span)
+                call.record(recorder)
             except Exception:
                 _log.debug("recording the failed pipeline failed", exc_info=True)
         call.fail(exc, status=not _watch_error(exc))
@@ -666,7 +716,7 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
     try:
         recorder = batch.record(instance, result)
         yield _Refetch(instance, recorder)
-        recorder.apply(call.span)
+        call.record(recorder)
         batch.outcome(call.span, "commit", bool(recorder.writes))
         reads = bool(recorder.reads)
     except Exception:
@@ -719,11 +769,11 @@ def _refetch_sync(request: _Refetch) -> None:
     if not pending:
         return
     client = _raw_client(request.instance)
-    for fact, physical, rule, kind, key in pending:
+    for place, physical, rule, kind, key in pending:
         try:
             with _suppressed():
                 response = client.execute_command(*_refetch_args(kind, key))
-            recorder.refetched(fact, physical, rule, _refetch_value(kind, response))
+            recorder.refetched(place, physical, rule, _refetch_value(kind, response))
         except Exception:
             _log.debug("reading %s again failed", kind, exc_info=True)
 
@@ -740,11 +790,11 @@ async def _refetch_async(request: _Refetch) -> None:
         redis.asyncio.Redis(connection_pool=instance.connection_pool) if own_client else instance
     )
     try:
-        for fact, physical, rule, kind, key in pending:
+        for place, physical, rule, kind, key in pending:
             try:
                 with _suppressed():
                     response = await client.execute_command(*_refetch_args(kind, key))
-                recorder.refetched(fact, physical, rule, _refetch_value(kind, response))
+                recorder.refetched(place, physical, rule, _refetch_value(kind, response))
             except Exception:
                 _log.debug("reading %s again failed", kind, exc_info=True)
     finally:
