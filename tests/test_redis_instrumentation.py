@@ -443,13 +443,20 @@ def test_a_call_over_two_tiers_puts_each_tier_on_a_span_of_its_own(
         assert (attrs(part)[A.TXN_ID], attrs(part)[A.COMMITTED]) == (attrs(main)[A.TXN_ID], False)
 
 
-def test_raise_mode_stops_a_stale_read_in_a_calls_second_tier(
-    client: redis.Redis, primary: Path, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def stale_cache(client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> redis.Redis:
+    """Raise mode, and the score cached at version 1 (680): stale once `rescore` has run."""
     monkeypatch.setenv(config.ENV_ON_ANOMALY, "raise")
     config.set_settings(config.settings_from_env())
     configure(rules=RULES)
     client.set("credit_score:42", score(1, 680))
+    return client
+
+
+def test_raise_mode_stops_a_stale_read_in_a_calls_second_tier(
+    stale_cache: redis.Redis, primary: Path
+) -> None:
+    client = stale_cache
     with workflow("credit"):
         rescore(primary, client, invalidate=False)
         with agent("risk-assessor"), pytest.raises(StaleReadError) as caught:
@@ -461,12 +468,9 @@ def test_raise_mode_stops_a_stale_read_in_a_calls_second_tier(
 
 
 def test_raise_mode_stops_the_stale_value(
-    client: redis.Redis, primary: Path, telemetry: Telemetry, monkeypatch: pytest.MonkeyPatch
+    stale_cache: redis.Redis, primary: Path, telemetry: Telemetry
 ) -> None:
-    monkeypatch.setenv(config.ENV_ON_ANOMALY, "raise")
-    config.set_settings(config.settings_from_env())
-    configure(rules=RULES)
-    client.set("credit_score:42", score(1, 680))
+    client = stale_cache
     seen: list[Any] = []
     with workflow("credit"):
         rescore(primary, client, invalidate=False)
