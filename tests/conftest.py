@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,6 +62,137 @@ def redis_url() -> str:
     except OSError as exc:
         service_missing("Redis at 127.0.0.1:6379", exc)
     return REDIS_URL
+
+
+# --------------------------------------------------------------------------- Redis Cluster
+
+
+def cluster_binaries_missing() -> None:
+    """No redis-server / redis-cli to start a cluster with: fail in CI, skip elsewhere."""
+    missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
+    if not missing:
+        return
+    message = f"{' and '.join(missing)} not installed: the Redis Cluster tests start their own"
+    if IN_CI:
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def redis_cli(port: int, *args: object) -> str:
+    """One redis-cli command against the node on `port`; its output, stripped."""
+    done = subprocess.run(
+        ["redis-cli", "-h", "127.0.0.1", "-p", str(port), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _cluster_ports() -> int:
+    """A port free for a node and for its cluster bus (the port + 10000)."""
+    for _ in range(100):
+        port = random.randint(20_000, 29_999)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+@dataclass
+class ClusterNode:
+    """A cluster-enabled redis-server of ours, in its own directory."""
+
+    port: int
+    process: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def node_id(self) -> str:
+        return redis_cli(self.port, "cluster", "myid")
+
+    def state_ok(self) -> bool:
+        return "cluster_state:ok" in redis_cli(self.port, "cluster", "info")
+
+    def log(self) -> str:
+        return (self.directory / "server.log").read_text(errors="replace")[-2000:]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+def _answers(node: ClusterNode) -> bool:
+    if node.process.poll() is not None:
+        raise RuntimeError(f"redis-server on port {node.port} exited:\n{node.log()}")
+    try:
+        return redis_cli(node.port, "ping") == "PONG"
+    except subprocess.CalledProcessError:
+        return False
+
+
+def start_cluster_node(directory: Path, *options: str) -> ClusterNode:
+    """Start `redis-server` with cluster mode on, no persistence, on a free port (a port
+    taken in the meantime: try another), and wait until it answers."""
+    directory.mkdir(parents=True, exist_ok=True)
+    failure: Exception | None = None
+    for _ in range(5):
+        port = _cluster_ports()
+        command = ["redis-server", "--port", str(port), "--cluster-enabled", "yes"]
+        command += ["--cluster-config-file", str(directory / f"nodes-{port}.conf")]
+        command += ["--save", "", "--appendonly", "no", "--dir", str(directory)]
+        command += ["--daemonize", "no", *options]
+        with (directory / "server.log").open("wb") as log:
+            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        node = ClusterNode(port, process, directory)
+        try:
+            wait_until(lambda node=node: _answers(node), f"redis-server on port {port}", 15)
+            return node
+        except (RuntimeError, TimeoutError) as exc:
+            failure = exc
+            node.stop()
+    raise RuntimeError(f"could not start a Redis Cluster node: {failure}")
+
+
+def wait_cluster_ok(*nodes: ClusterNode) -> None:
+    """Wait until every node's `cluster info` says cluster_state:ok (a clear error if not)."""
+    for node in nodes:
+        try:
+            wait_until(node.state_ok, f"cluster_state:ok on port {node.port}")
+        except TimeoutError as exc:
+            info = redis_cli(node.port, "cluster", "info")
+            raise RuntimeError(f"{exc}; cluster info:\n{info}\nlog:\n{node.log()}") from exc
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterNode]:
+    """A real one-node Redis Cluster (all 16384 slots on one redis-server of ours), started
+    for the session and stopped after it."""
+    cluster_binaries_missing()
+    node = start_cluster_node(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        redis_cli(node.port, "cluster", "addslotsrange", 0, 16383)
+        wait_cluster_ok(node)
+        yield node
+    finally:
+        node.stop()
 
 
 @dataclass

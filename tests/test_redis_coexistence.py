@@ -1,5 +1,6 @@
 """SPEC §2: our redis instrumentation next to contrib's opentelemetry-instrumentation-redis
-(0.66b2), in either load order, on the real server (db 1 and 2).
+(0.66b2), in either load order, on the real server (db 1 and 2) and on a real one-node
+Redis Cluster of the tests' own (conftest `redis_cluster`).
 
 Whatever the order, ours sits innermost (next to redis-py's function) and contrib's wrapper
 outermost: contrib's span is the one database span per command and carries our attributes
@@ -18,7 +19,9 @@ import pytest
 import redis
 import redis.asyncio
 import redis.asyncio.client
+import redis.asyncio.cluster
 import redis.client
+import redis.cluster
 from opentelemetry.instrumentation.redis import RedisInstrumentor as ContribRedisInstrumentor
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.trace import StatusCode
@@ -29,7 +32,7 @@ from otel_agent_state.instrumentation import redis as ours_module
 from otel_agent_state.instrumentation._wrapping import chain_of
 from otel_agent_state.instrumentation.redis import RedisInstrumentor
 
-from .conftest import Telemetry
+from .conftest import ClusterNode, Telemetry
 
 pytestmark = pytest.mark.redis
 
@@ -50,6 +53,10 @@ TARGETS = [
     (redis.asyncio.client.Redis, "execute_command"),
     (redis.asyncio.client.Pipeline, "execute"),
     (redis.asyncio.client.Pipeline, "immediate_execute_command"),
+    (redis.cluster.RedisCluster, "execute_command"),
+    (redis.cluster.ClusterPipeline, "execute"),
+    (redis.asyncio.cluster.RedisCluster, "execute_command"),
+    (redis.asyncio.cluster.ClusterPipeline, "execute"),
 ]
 ORIGINALS = {target: target[0].__dict__[target[1]] for target in TARGETS}
 
@@ -249,3 +256,52 @@ def test_async_watch_and_transaction_under_contrib(
     assert attrs(get)[A.READ_FACTS] == ("redis:2/n",)
     assert attrs(multi)[A.TXN_OUTCOME] == "commit" and attrs(multi)[A.COMMITTED] is True
     assert attrs(multi)[A.WRITE_FACTS] == ("redis:2/n",)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_cluster_client_one_span_per_command_with_both_sets_of_attributes(
+    order: str, telemetry: Telemetry, redis_cluster: ClusterNode
+) -> None:
+    configure(rules=RULES)
+    conn = redis.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+    conn.flushall()
+    with stack(order, telemetry.provider), agent("worker"):
+        assert conn.set("credit_score:1", json.dumps({"version": 3})) is True
+        assert json.loads(conn.get("credit_score:1") or "")["version"] == 3
+        with conn.pipeline() as pipe:
+            pipe.get("credit_score:1")
+            pipe.delete("credit_score:1")  # a cluster pipeline's delete() returns None
+            assert pipe.execute()[1] == 1
+        with conn.pipeline(transaction=True) as pipe:
+            pipe.watch("credit_score:2")  # a WATCH phase command: contrib has no span for it
+            assert pipe.get("credit_score:2") is None
+            pipe.multi()
+            pipe.set("credit_score:2", json.dumps({"version": 1}))
+            assert pipe.execute() == [b"OK"]
+
+        async def run() -> Any:
+            client = redis.asyncio.cluster.RedisCluster(host="127.0.0.1", port=redis_cluster.port)
+            value = await client.get("missing")
+            await client.aclose()
+            return value
+
+        assert asyncio.run(run()) is None
+    conn.flushall()
+    conn.close()
+    spans = db_spans(telemetry)
+    names = [s.name for s in spans]
+    assert names == ["SET", "GET", "GET DEL", "WATCH", "GET", "SET", "GET"]  # contrib's names
+    assert [scope(s) for s in spans] == [CONTRIB_SCOPE] * 3 + [OURS_SCOPE] * 2 + [CONTRIB_SCOPE] * 2
+    set_span, get_span, pipeline, watch, watched_get, multi, async_get = (attrs(s) for s in spans)
+    for a in (set_span, get_span, pipeline, multi, async_get):
+        assert "db.statement" in a  # contrib's (no db.system: it finds no pool on a cluster)
+        assert a[A.DB_SYSTEM_NAME] == "redis" and a[A.STORE] == "redis"  # ours
+        assert a[A.GEN_AI_AGENT_NAME] == "worker" and a[A.DB_NAMESPACE] == "0"
+    assert get_span["db.statement"] == "GET ?"
+    assert set_span[A.WRITE_FACTS] == ("credit_score/1",) and set_span[A.WRITE_VERSIONS] == ("n:3",)
+    assert get_span[A.READ_VERSIONS] == ("n:3",)
+    assert pipeline[A.DB_OPERATION_NAME] == "PIPELINE" and pipeline[A.COMMITTED] is True
+    assert pipeline[A.READ_VERSIONS] == ("n:3",) and pipeline[A.WRITE_VERSIONS] == ("none",)
+    assert A.OP not in watch and watched_get[A.READ_VERSIONS] == ("none",)
+    assert multi[A.TXN_OUTCOME] == "commit" and multi[A.WRITE_VERSIONS] == ("n:1",)
+    assert async_get[A.READ_FACTS] == ("redis:0/missing",)

@@ -1,7 +1,9 @@
 """State-aware instrumentation of redis-py, sync and `redis.asyncio` (SPEC §3).
 
 `RedisInstrumentor().instrument(tracer_provider=...)` wraps `Redis.execute_command`,
-`Pipeline.execute` and `Pipeline.immediate_execute_command` of both clients. Each command
+`Pipeline.execute` and `Pipeline.immediate_execute_command` of both clients, and of their
+Redis Cluster clients `RedisCluster.execute_command`, `ClusterPipeline.execute` and the
+WATCH-phase commands of a cluster transaction pipeline (db always 0). Each command
 gets one CLIENT span with the database semantic conventions (never keys or values) plus the
 facts it read or wrote (`redis:<db>/<key>`, mapped by fact rules) and their versions
 (a configured JSON / hash field, else a keyed digest of the value as Redis stores it).
@@ -22,13 +24,16 @@ is the database span and we annotate it. Nothing of ours raises into the applica
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import re
 import threading
 import uuid
 import weakref
 from collections.abc import Callable, Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,12 +80,18 @@ BATCH_SIZE = "db.operation.batch.size"
 
 
 def _conn_kwargs(instance: Any) -> dict[str, Any]:
+    """The connection settings of a client or pipeline. A cluster client or pipeline has no
+    single pool: its nodes manager holds the settings every node's connections are made
+    with (a cluster pipeline's own encoder keeps redis-py's defaults, whatever the client's)."""
     pool = getattr(instance, "connection_pool", None)
     kwargs = getattr(pool, "connection_kwargs", None)
+    if not isinstance(kwargs, dict):
+        kwargs = getattr(getattr(instance, "nodes_manager", None), "connection_kwargs", None)
     return kwargs if isinstance(kwargs, dict) else {}
 
 
 def _db(instance: Any) -> str:
+    """The db index; always "0" on a cluster (redis-py refuses any other there)."""
     db = _conn_kwargs(instance).get("db")
     return str(db) if db is not None else "0"
 
@@ -523,8 +534,20 @@ def _command_failed(instance: Any, args: Sequence[Any], exc: BaseException) -> N
 # --------------------------------------------------------------------------- pipelines
 
 
-def _stack(instance: Any) -> list[tuple[Sequence[Any], Any]]:
+def _queued(instance: Any) -> Any:
+    """A pipeline's queued commands. A cluster pipeline (redis-py >= 6) keeps them in its
+    execution strategy (`command_queue` sync, `_command_queue` asyncio) and leaves its own
+    `command_stack` empty; older asyncio cluster pipelines have `_command_stack`."""
+    strategy = getattr(instance, "_execution_strategy", None)
+    if strategy is not None:
+        queue = getattr(strategy, "command_queue", None)
+        return queue if queue is not None else getattr(strategy, "_command_queue", None)
     stack = getattr(instance, "command_stack", None)
+    return stack if stack is not None else getattr(instance, "_command_stack", None)
+
+
+def _stack(instance: Any) -> list[tuple[Sequence[Any], Any]]:
+    stack = _queued(instance)
     out: list[tuple[Sequence[Any], Any]] = []
     for entry in stack or ():
         entry_args = getattr(entry, "args", None)
@@ -535,7 +558,20 @@ def _stack(instance: Any) -> list[tuple[Sequence[Any], Any]]:
     return out
 
 
+@functools.cache
+def _cluster_transactions() -> tuple[type, ...]:
+    """The execution strategies of cluster pipelines made with `transaction=True`."""
+    found: list[type] = []
+    for module in ("redis.cluster", "redis.asyncio.cluster"):
+        with suppress(ImportError, AttributeError):  # redis-py < 6: no cluster transactions
+            found.append(importlib.import_module(module).TransactionStrategy)
+    return tuple(found)
+
+
 def _transactional(instance: Any) -> bool:
+    strategy = getattr(instance, "_execution_strategy", None)
+    if strategy is not None:  # a cluster pipeline: its whole queue goes in one MULTI/EXEC
+        return isinstance(strategy, _cluster_transactions())
     flag = getattr(instance, "is_transaction", None)  # redis.asyncio
     if not isinstance(flag, bool):
         flag = getattr(instance, "transaction", False)  # sync: an attribute over the method
@@ -653,6 +689,27 @@ def _batch_failed(batch: _Batch, instance: Any, exc: BaseException) -> _Recorder
 # the follow-up reads of keys whose version the reply did not give differ between them.
 
 
+# While a cluster pipeline's execute() runs: the pipeline and its client. After a
+# redirection (MOVED, ASK) or a lost connection redis-py sends a command again through their
+# execute_command; the pipeline's span records that command already, so it gets no span of ours.
+_resending: ContextVar[tuple[Any, ...]] = ContextVar("agentstate_redis_resending", default=())
+
+
+def _resent(instance: Any) -> bool:
+    return any(instance is sender for sender in _resending.get())
+
+
+def _senders(instance: Any) -> tuple[Any, ...]:
+    """What a cluster pipeline sends commands again through: itself (sync, as its client)
+    or its client (asyncio); nothing for a plain pipeline."""
+    try:
+        if getattr(instance, "nodes_manager", None) is None:
+            return ()
+        return (instance, getattr(instance, "cluster_client", instance))
+    except Exception:  # a property of the client's that failed: nothing to leave out
+        return ()
+
+
 @dataclass(frozen=True)
 class _Refetch:
     """A body's request: read again the keys `recorder` could not version from the reply."""
@@ -698,9 +755,11 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
         return (yield CALL)
     call = batch.call
     token = call.activate()
+    resending = _resending.set(_senders(instance))
     try:
         result = yield CALL
     except BaseException as exc:
+        _resending.reset(resending)
         call.deactivate(token)
         recorder = _batch_failed(batch, instance, exc)
         if recorder is not None:
@@ -711,6 +770,7 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
                 _log.debug("recording the failed pipeline failed", exc_info=True)
         call.fail(exc, status=not _watch_error(exc))
         raise
+    _resending.reset(resending)
     call.deactivate(token)
     reads = False
     try:
@@ -737,11 +797,23 @@ def _command_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any]
     run = _runner(is_async)
 
     def traced_command(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        if not args or not is_instrumentation_enabled():
+        if not args or not is_instrumentation_enabled() or _resent(instance):
             return wrapped(*args, **kwargs)
         return run(_command_body(tracer, instance, args, kwargs), lambda: wrapped(*args, **kwargs))
 
     return traced_command
+
+
+def _watched_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any]:
+    """A cluster transaction pipeline sends the commands of its WATCH phase at once from its
+    execution strategy (a plain pipeline: immediate_execute_command): a span each, recorded
+    against the pipeline the strategy belongs to."""
+    traced_command = _command_wrapper(tracer, is_async)
+
+    def traced_watched(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        return traced_command(wrapped, getattr(instance, "_pipe", instance), args, kwargs)
+
+    return traced_watched
 
 
 def _pipeline_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any]:
@@ -755,12 +827,18 @@ def _pipeline_wrapper(tracer: trace.Tracer, is_async: bool) -> Callable[..., Any
     return traced_execute
 
 
-def _raw_client(instance: Any) -> Any:
+def _raw_command(instance: Any) -> Callable[..., Any]:
+    """What runs a follow-up read: never a pipeline's execute_command, which would only
+    queue it. A plain pipeline lends its pool to a client; a cluster pipeline runs it as its
+    cluster client would (what redis-py does with a command it sends again at once)."""
     import redis
+    import redis.cluster
 
     if isinstance(instance, redis.client.Pipeline):
-        return redis.Redis(connection_pool=instance.connection_pool)
-    return instance
+        return redis.Redis(connection_pool=instance.connection_pool).execute_command
+    if isinstance(instance, redis.cluster.ClusterPipeline):
+        return functools.partial(redis.cluster.RedisCluster.execute_command, instance)
+    return instance.execute_command  # type: ignore[no-any-return]
 
 
 def _refetch_sync(request: _Refetch) -> None:
@@ -768,14 +846,25 @@ def _refetch_sync(request: _Refetch) -> None:
     pending = recorder.pending()
     if not pending:
         return
-    client = _raw_client(request.instance)
+    execute_command = _raw_command(request.instance)
     for place, physical, rule, kind, key in pending:
         try:
             with _suppressed():
-                response = client.execute_command(*_refetch_args(kind, key))
+                response = execute_command(*_refetch_args(kind, key))
             recorder.refetched(place, physical, rule, _refetch_value(kind, response))
         except Exception:
             _log.debug("reading %s again failed", kind, exc_info=True)
+
+
+def _async_client(instance: Any) -> tuple[Any, bool]:
+    """(what an asyncio follow-up read runs on, whether it is ours to close): a plain
+    pipeline lends its pool to a client of ours; a cluster pipeline has its cluster client."""
+    import redis.asyncio
+
+    if isinstance(instance, redis.asyncio.client.Pipeline):
+        return redis.asyncio.Redis(connection_pool=instance.connection_pool), True
+    cluster_client = getattr(instance, "cluster_client", None)  # asyncio ClusterPipeline
+    return (instance if cluster_client is None else cluster_client), False
 
 
 async def _refetch_async(request: _Refetch) -> None:
@@ -783,12 +872,7 @@ async def _refetch_async(request: _Refetch) -> None:
     pending = recorder.pending()
     if not pending:
         return
-    import redis.asyncio
-
-    own_client = isinstance(instance, redis.asyncio.client.Pipeline)
-    client = (
-        redis.asyncio.Redis(connection_pool=instance.connection_pool) if own_client else instance
-    )
+    client, own_client = _async_client(instance)
     try:
         for place, physical, rule, kind, key in pending:
             try:
@@ -813,7 +897,7 @@ def _targets() -> list[tuple[type, str, str, bool]]:
     import redis.asyncio.client
     import redis.client
 
-    return [
+    targets: list[tuple[type, str, str, bool]] = [
         (redis.client.Redis, "execute_command", "command", False),
         (redis.client.Pipeline, "execute", "pipeline", False),
         (redis.client.Pipeline, "immediate_execute_command", "command", False),
@@ -821,10 +905,30 @@ def _targets() -> list[tuple[type, str, str, bool]]:
         (redis.asyncio.client.Pipeline, "execute", "pipeline", True),
         (redis.asyncio.client.Pipeline, "immediate_execute_command", "command", True),
     ]
+    return targets + _cluster_targets()
+
+
+def _cluster_targets() -> list[tuple[type, str, str, bool]]:
+    """Cluster clients: a command; a pipeline's execute(); and the commands a transaction
+    pipeline sends at once while it WATCHes (redis-py >= 6; `wrap_under` skips a method that
+    is not there)."""
+    out: list[tuple[type, str, str, bool]] = []
+    for module, is_async in (("redis.cluster", False), ("redis.asyncio.cluster", True)):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:  # redis.asyncio.cluster came with redis-py 4.3
+            continue
+        out.append((found.RedisCluster, "execute_command", "command", is_async))
+        out.append((found.ClusterPipeline, "execute", "pipeline", is_async))
+        strategy = getattr(found, "TransactionStrategy", None)
+        if isinstance(strategy, type):
+            out.append((strategy, "_immediate_execute_command", "watched", is_async))
+    return out
 
 
 class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Traces redis-py commands, pipelines and MULTI/EXEC transactions, sync and asyncio.
+    """Traces redis-py commands, pipelines and MULTI/EXEC transactions, sync and asyncio,
+    of plain and cluster clients.
 
     Whatever the load order next to contrib's RedisInstrumentor, ours goes innermost, so
     contrib's span stays the one database span and carries our attributes too. contrib's
@@ -844,7 +948,11 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             __name__, __version__, tracer_provider=kwargs.get("tracer_provider")
         )
         wrappers: dict[tuple[type, str], Callable[..., Any]] = {}
-        factories = {"command": _command_wrapper, "pipeline": _pipeline_wrapper}
+        factories = {
+            "command": _command_wrapper,
+            "pipeline": _pipeline_wrapper,
+            "watched": _watched_wrapper,
+        }
         for cls, name, kind, is_async in _targets():
             wrapper = factories[kind](tracer, is_async)
             if wrap_under(cls, name, wrapper):
