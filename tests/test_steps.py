@@ -100,3 +100,23 @@ def test_a_body_may_end_without_asking_anything(how: str) -> None:
     assert _run(how, body(), lambda: pytest.fail("not called"), lambda step: step) == (
         "nothing to do"
     )
+
+
+@HOW
+def test_a_follow_up_without_a_runner_is_a_type_error_raised_in_the_body(how: str) -> None:
+    def body() -> Body:
+        try:
+            yield "fetch"
+        except TypeError as exc:
+            return f"refused: {exc}"
+        return "ran"
+
+    if how == "sync":
+        out = drive(body(), lambda: None)
+    else:
+
+        async def nothing() -> None:
+            return None
+
+        out = asyncio.run(adrive(body(), nothing))
+    assert out.startswith("refused: the body asked for 'fetch'")

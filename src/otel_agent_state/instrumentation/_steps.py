@@ -18,7 +18,11 @@ CALL: Final = object()  # a body's request to run the application's call
 Body = Generator[object, Any, Any]
 
 
-def drive(body: Body, call: Callable[[], Any], follow: Callable[[Any], Any]) -> Any:
+def _no_follow_up(step: object) -> Any:
+    raise TypeError(f"the body asked for {step!r}, and no follow-up was given to run it")
+
+
+def drive(body: Body, call: Callable[[], Any], follow: Callable[[Any], Any] = _no_follow_up) -> Any:
     """Run `body` with blocking calls; its return value, or what it raised."""
     done, step = _resume(body, None, None)
     while not done:
@@ -31,7 +35,9 @@ def drive(body: Body, call: Callable[[], Any], follow: Callable[[Any], Any]) -> 
 
 
 async def adrive(
-    body: Body, call: Callable[[], Awaitable[Any]], follow: Callable[[Any], Awaitable[Any]]
+    body: Body,
+    call: Callable[[], Awaitable[Any]],
+    follow: Callable[[Any], Awaitable[Any]] = _no_follow_up,
 ) -> Any:
     """Run `body` with awaited calls; its return value, or what it raised."""
     done, step = _resume(body, None, None)

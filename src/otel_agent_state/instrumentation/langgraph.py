@@ -58,6 +58,7 @@ from .. import attributes as A
 from ..config import get_settings
 from ..errors import StaleReadError
 from ..model import NONE_VERSION, Op
+from ._steps import CALL, Body, adrive, drive
 from ._wrapping import Wrapped, unwrap_all
 
 _log = logging.getLogger(__name__)
@@ -635,16 +636,14 @@ def _wrappers(tracker: _Tracker) -> dict[str, Callable[..., Any]]:
             _log.debug("cannot start the node span", exc_info=True)
             return None
 
-    def run_node(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        started = enter_node(args[0] if args else kwargs.get("task"))
-        if started is None:
-            return wrapped(*args, **kwargs)
+    def node_body(started: tuple[_NodeRun, _Plan | None, _Frame]) -> Body:
+        """The node's run under its span (one body for the sync and async runner: _steps)."""
         run, plan, frame = started
         token = otel_context.attach(trace.set_span_in_context(run.span))
         frame_token = _FRAME.set(frame)
         try:
             tracker.read(run, plan)
-            result = wrapped(*args, **kwargs)
+            result = yield CALL
         except BaseException as exc:
             tracker.node_failed(run, exc)
             raise
@@ -654,24 +653,17 @@ def _wrappers(tracker: _Tracker) -> dict[str, Callable[..., Any]]:
         tracker.node_returned(run)
         return result
 
+    def run_node(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        started = enter_node(args[0] if args else kwargs.get("task"))
+        if started is None:
+            return wrapped(*args, **kwargs)
+        return drive(node_body(started), lambda: wrapped(*args, **kwargs))
+
     async def arun_node(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         started = enter_node(args[0] if args else kwargs.get("task"))
         if started is None:
             return await wrapped(*args, **kwargs)
-        run, plan, frame = started
-        token = otel_context.attach(trace.set_span_in_context(run.span))
-        frame_token = _FRAME.set(frame)
-        try:
-            tracker.read(run, plan)
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
-            tracker.node_failed(run, exc)
-            raise
-        finally:
-            _FRAME.reset(frame_token)
-            otel_context.detach(token)
-        tracker.node_returned(run)
-        return result
+        return await adrive(node_body(started), lambda: wrapped(*args, **kwargs))
 
     def tick(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         more = wrapped(*args, **kwargs)
