@@ -382,7 +382,11 @@ def _traced(handler: Handler, plan: Plan, instance: Any) -> Body:
     call = plan.call
     before = _step(plan, lambda: handler.before(plan))
     if before is not None:
-        yield _FollowUp(handler, plan, instance, "before", before)
+        try:
+            yield _FollowUp(handler, plan, instance, "before", before)
+        except BaseException as exc:  # cancelled while we read: the call will not run
+            call.fail(exc)
+            raise
     token = call.attach()
     try:
         result = yield CALL
@@ -393,7 +397,11 @@ def _traced(handler: Handler, plan: Plan, instance: Any) -> Body:
     call.detach(token)
     after = _step(plan, lambda: handler.after(plan, result))
     if after is not None:
-        yield _FollowUp(handler, plan, instance, "after", after)
+        try:
+            yield _FollowUp(handler, plan, instance, "after", after)
+        except BaseException:  # cancelled while we read: the call ran, its span ends
+            call.end()
+            raise
     try:
         handler.finish(plan, result)
     except StaleReadError as exc:

@@ -740,6 +740,9 @@ def _command_body(tracer: trace.Tracer, instance: Any, args: Any, kwargs: Any) -
             reads = bool(recorder.reads)
     except Exception:
         _log.debug("recording the command failed", exc_info=True)
+    except BaseException:  # the task was cancelled while we read a value again
+        call.end()  # the command ran: its span ends, with what it recorded so far
+        raise
     call.guard(reads)
     call.end()
     return result
@@ -768,6 +771,9 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
                 call.record(recorder)
             except Exception:
                 _log.debug("recording the failed pipeline failed", exc_info=True)
+            except BaseException:  # cancelled while we read a value again
+                call.fail(exc, status=not _watch_error(exc))
+                raise
         call.fail(exc, status=not _watch_error(exc))
         raise
     _resending.reset(resending)
@@ -781,6 +787,9 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
         reads = bool(recorder.reads)
     except Exception:
         _log.debug("recording the pipeline failed", exc_info=True)
+    except BaseException:  # cancelled while we read a value again
+        call.end()
+        raise
     call.guard(reads)
     call.end()
     return result
