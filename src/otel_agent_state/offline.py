@@ -288,13 +288,12 @@ _KEY_CLASS: dict[str, tuple[bool, bool, str]] = {}
 _KEY_CLASS_MAX = 4096
 
 
-def _key_class(key: str) -> tuple[bool, bool, str]:
-    known = _KEY_CLASS.get(key)
-    if known is None:
-        ours = key.startswith(_OURS)
-        known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS, key)
-        if len(_KEY_CLASS) < _KEY_CLASS_MAX:
-            _KEY_CLASS[key] = known
+def _classify(key: str) -> tuple[bool, bool, str]:
+    """A key not in `_KEY_CLASS` yet (callers look there first: the hot path)."""
+    ours = key.startswith(_OURS)
+    known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS, key)
+    if len(_KEY_CLASS) < _KEY_CLASS_MAX:
+        _KEY_CLASS[key] = known
     return known
 
 
@@ -320,29 +319,22 @@ def _shared(value: Any) -> Any:
 def _judged_attributes(items: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """The attributes judging reads (ours, and the GenAI agent ones); the rest are skipped."""
     out: dict[str, Any] = {}
-    classes, shared, share = _KEY_CLASS, _SHARED, _shared
+    classes, share = _KEY_CLASS, _shared
     for kv in items:
         key = kv["key"]
-        known = classes.get(key)
-        if known is None:
-            known = _key_class(key)
+        known = classes.get(key) or _classify(key)
         if known[1]:
             key = known[2]
             value = kv.get("value") or {}
             text = value.get("stringValue")
             if text is not None:
-                out[key] = (shared.get(text) or share(text)) if type(text) is str else text
+                out[key] = share(text)
                 continue
             array = value.get("arrayValue")
             if array is not None:  # fact and version lists: strings, decoded inline
-                values: Sequence[Any] = array.get("values") or ()
-                if len(values) == 1 and "stringValue" in values[0]:
-                    text = values[0]["stringValue"]
-                    out[key] = [(shared.get(text) or share(text)) if type(text) is str else text]
-                    continue
                 out[key] = [
                     share(item["stringValue"]) if "stringValue" in item else any_value(item)
-                    for item in values
+                    for item in array.get("values") or ()
                 ]
                 continue
             out[key] = any_value(value)
@@ -630,7 +622,7 @@ class TraceGrouper:
     def _add_otlp(self, doc: Mapping[str, Any]) -> None:
         # The hot path: most spans carry no state, so only their ids are decoded.
         traces = self.traces
-        classes, key_class = _KEY_CLASS, _key_class
+        classes = _KEY_CLASS
         for rs in _list(doc, "resourceSpans"):
             if not isinstance(rs, dict):
                 raise FormatError("a resourceSpans entry is not an object")
@@ -648,10 +640,7 @@ class TraceGrouper:
                         interesting = False
                         for kv in span.get("attributes") or ():
                             key = kv["key"]
-                            known = classes.get(key)
-                            if known is None:
-                                known = key_class(key)
-                            if known[0]:
+                            if (classes.get(key) or _classify(key))[0]:
                                 interesting = True
                                 break
                         pending = traces.get(raw_trace)  # a hit is a valid lower-case hex id
