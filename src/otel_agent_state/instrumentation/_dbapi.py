@@ -142,9 +142,12 @@ def quote(name: str) -> str:
 # --------------------------------------------------------------------------- row versions
 
 
-# Per-column digests of recent row states (the driver instrumentations'; SQLAlchemy keeps
-# its own), so a projection read maps to a full version.
-row_states: StateCache[str] = StateCache(_MAX_FACTS, _STATES_PER_FACT)
+def row_state_cache() -> StateCache[str]:
+    """Per-column digests of recent row states, so a projection read maps to a full version."""
+    return StateCache(max_keys=_MAX_FACTS, depth=_STATES_PER_FACT)
+
+
+row_states = row_state_cache()  # the driver instrumentations' (SQLAlchemy keeps its own)
 
 
 def row_version(

@@ -56,6 +56,7 @@ from ._dbapi import (
     Slot,
     annotate,
     insert_key,
+    row_state_cache,
     row_version,
     scope_end_spans,
     statement_attrs,
@@ -67,7 +68,6 @@ from ._dbapi import key_part as _key_part
 from ._dbapi import quote as _quote
 from ._dbapi import suppressed as _suppressed
 from ._sql import Statement, analyse
-from ._state_cache import StateCache
 
 _log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ _FLAGGING_DRIVERS = frozenset({"pysqlite", "aiosqlite", "pysqlcipher"})
 # Rows are encoded and versioned by the drivers' code (`_dbapi`): the same row read through
 # SQLAlchemy or through a traced driver gets the same digest version. The projection cache is
 # this layer's own, as it always was.
-_row_states: StateCache[str] = StateCache(max_keys=10_000, depth=8)
+_row_states = row_state_cache()
 
 
 # --------------------------------------------------------------------------- SQL text
