@@ -47,7 +47,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__, runtime
 from .. import attributes as A
 from ..adapter import encode_fields
-from ..config import FactRule, get_settings
+from ..config import FactRule, ResolvedFact, get_settings
 from ..errors import StaleReadError
 from ._redis_commands import (
     ABSENT,
@@ -139,6 +139,10 @@ _Place = tuple[str, str]  # (tier, logical fact): a key of the cache and one of 
 # can be the same fact, and one call may touch both (write the value, drop the cached copy)
 
 
+def _place(resolved: ResolvedFact) -> _Place:
+    return resolved.tier or "cache", resolved.key  # Redis keys are a cache unless a rule says
+
+
 class _Recorder:
     """Facts and versions of one call, from the effects of its commands in order."""
 
@@ -163,8 +167,7 @@ class _Recorder:
         return f"{STORE}:{self.db}/{key_text(self.versions.raw(key))}"
 
     def place(self, key: Any) -> _Place:
-        resolved = self.settings.resolve(self.physical(key))
-        return resolved.tier or "cache", resolved.key
+        return _place(self.settings.resolve(self.physical(key)))
 
     def add(self, found: Sequence[Effect]) -> None:
         for effect in found:
@@ -173,7 +176,7 @@ class _Recorder:
                 return
             physical = self.physical(effect.key)
             resolved = self.settings.resolve(physical)
-            place = (resolved.tier or "cache", resolved.key)
+            place = _place(resolved)
             if place[0] not in self.tiers:
                 self.tiers.append(place[0])
             version = self.versions.version(physical, resolved.rule, effect.value)
@@ -230,14 +233,12 @@ class _Recorder:
         seen = {tier for tier, _ in self.reads} | {tier for tier, _ in self.writes}
         return [tier for tier in self.tiers if tier in seen]
 
-    def apply(self, span: Span, tier: str | None = None, *, part: bool = False) -> None:
-        """Put the reads and writes of `tier` (None: the first touched) on `span`. `part`:
-        a child span with a further tier's keys, whose writes end with the call's
-        transaction (if any) rather than making one of their own."""
+    def apply(self, span: Span, tier: str | None, *, part: bool = False) -> None:
+        """Put the reads and writes of `tier` (one of observed_tiers(); None when there are
+        none) on `span`. `part`: a child span with a further tier's keys, whose writes end
+        with the call's transaction (if any) rather than making one of their own."""
         if not span.is_recording():
             return
-        tiers = self.observed_tiers()
-        tier = tier or (tiers[0] if tiers else None)
         reads = {fact: v for (t, fact), v in self.reads.items() if t == tier}
         writes = {fact: v for (t, fact), v in self.writes.items() if t == tier}
         out: dict[str, Any] = {}  # one set_attributes call: one lock round trip
@@ -258,7 +259,7 @@ class _Recorder:
         if writes:
             out[A.WRITE_FACTS] = list(writes)
             out[A.WRITE_VERSIONS] = list(writes.values())
-            fields = [self.fields.get((tier or "", fact)) for fact in writes]
+            fields = [self.fields.get(place) for place in self.writes if place[0] == tier]
             if any(f is not None for f in fields):
                 out[A.WRITE_FIELDS] = [encode_fields(f) for f in fields]
             txn = self.txn[0] if self.txn is not None else self.batch_txn
@@ -710,6 +711,16 @@ def _senders(instance: Any) -> tuple[Any, ...]:
         return ()
 
 
+@contextmanager
+def _resends_recorded_by(pipeline: Any) -> Iterator[None]:
+    """While `pipeline` executes, commands it sends again get no span of their own."""
+    token = _resending.set(_senders(pipeline))
+    try:
+        yield
+    finally:
+        _resending.reset(token)
+
+
 @dataclass(frozen=True)
 class _Refetch:
     """A body's request: read again the keys `recorder` could not version from the reply."""
@@ -758,25 +769,21 @@ def _pipeline_body(tracer: trace.Tracer, instance: Any) -> Body:
         return (yield CALL)
     call = batch.call
     token = call.activate()
-    resending = _resending.set(_senders(instance))
     try:
-        result = yield CALL
+        with _resends_recorded_by(instance):
+            result = yield CALL
     except BaseException as exc:
-        _resending.reset(resending)
         call.deactivate(token)
         recorder = _batch_failed(batch, instance, exc)
-        if recorder is not None:
-            try:
+        try:
+            if recorder is not None:
                 yield _Refetch(instance, recorder)
                 call.record(recorder)
-            except Exception:
-                _log.debug("recording the failed pipeline failed", exc_info=True)
-            except BaseException:  # cancelled while we read a value again
-                call.fail(exc, status=not _watch_error(exc))
-                raise
-        call.fail(exc, status=not _watch_error(exc))
+        except Exception:
+            _log.debug("recording the failed pipeline failed", exc_info=True)
+        finally:  # also when the task is cancelled while we read a value again
+            call.fail(exc, status=not _watch_error(exc))
         raise
-    _resending.reset(resending)
     call.deactivate(token)
     reads = False
     try:
