@@ -64,7 +64,7 @@ from ._redis_commands import (
 )
 from ._redis_commands import _parse_json as parse_json
 from ._steps import CALL, Body, adrive, drive
-from ._wrapping import unwrap_ours, wrap_under
+from ._wrapping import Wrapped, unwrap_all, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -954,7 +954,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
 
     # BaseInstrumentor is a singleton whose __init__ runs on every RedisInstrumentor():
     # the wrappers live on the class so a new handle can still take them out.
-    _wrappers: dict[tuple[type, str], Callable[..., Any]] = {}  # noqa: RUF012
+    _wrapped: Wrapped = []  # noqa: RUF012
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return ("redis >= 4.2.0",)
@@ -963,7 +963,7 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         tracer = trace.get_tracer(
             __name__, __version__, tracer_provider=kwargs.get("tracer_provider")
         )
-        wrappers: dict[tuple[type, str], Callable[..., Any]] = {}
+        wrapped: Wrapped = []
         factories = {
             "command": _command_wrapper,
             "pipeline": _pipeline_wrapper,
@@ -972,11 +972,9 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         for cls, name, kind, is_async in _targets():
             wrapper = factories[kind](tracer, is_async)
             if wrap_under(cls, name, wrapper):
-                wrappers[(cls, name)] = wrapper
-        type(self)._wrappers = wrappers
+                wrapped.append((cls, name, wrapper))
+        type(self)._wrapped = wrapped
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        wrappers = type(self)._wrappers
-        type(self)._wrappers = {}
-        for (cls, name), ours in wrappers.items():
-            unwrap_ours(cls, name, ours)
+        wrapped, type(self)._wrapped = type(self)._wrapped, []
+        unwrap_all(wrapped)
