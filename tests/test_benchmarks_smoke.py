@@ -10,28 +10,27 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> None:
-    out = tmp_path / "BENCHMARKS.md"
-    result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "--only", "sqlite3", "--output", str(out)],
+def _runner(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`benchmarks/run.py` with these options, from the repository root."""
+    return subprocess.run(
+        [sys.executable, "benchmarks/run.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
+
+
+def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> None:
+    out = tmp_path / "BENCHMARKS.md"
+    result = _runner("--quick", "--only", "sqlite3", "--output", str(out))
     assert result.returncode == 0, result.stderr
     assert "| sqlite3 SELECT by primary key: ours vs contrib |" in result.stdout
     text = out.read_text(encoding="utf-8")
     assert text.startswith("# Benchmarks")
     assert (ROOT / "benchmarks" / "analysis.md").read_text(encoding="utf-8") in text
     # A later --only run refreshes its own rows and keeps the others, with their dates.
-    result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "--only", "exporter_down", "-o", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _runner("--quick", "--only", "exporter_down", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert "| sqlite3 SELECT" not in result.stdout
     text = out.read_text(encoding="utf-8")
@@ -42,12 +41,6 @@ def test_benchmark_runner_prints_a_table_and_writes_markdown(tmp_path: Path) -> 
 
 
 def test_unknown_benchmark_names_are_a_clear_error() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--only", "nope", "--no-write"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _runner("--only", "nope", "--no-write", timeout=60)
     assert result.returncode != 0
     assert "unknown benchmark(s) ['nope']" in result.stderr
