@@ -32,12 +32,16 @@ POSTGRES_DSN = os.environ.get(
 REDIS_URL = os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 
 
-def service_missing(what: str, reason: object) -> None:
-    """A test that needs a real service fails in CI when it is down, and skips elsewhere."""
-    message = f"{what} is not reachable ({reason}); .ci/run starts it"
+def fail_or_skip(message: str) -> None:
+    """What a test needs is missing: it fails in CI and skips elsewhere."""
     if IN_CI:
         pytest.fail(message)
     pytest.skip(message)
+
+
+def service_missing(what: str, reason: object) -> None:
+    """A test that needs a real service fails in CI when it is down, and skips elsewhere."""
+    fail_or_skip(f"{what} is not reachable ({reason}); .ci/run starts it")
 
 
 @pytest.fixture(scope="session")
@@ -72,10 +76,7 @@ def cluster_binaries_missing() -> None:
     missing = [name for name in ("redis-server", "redis-cli") if shutil.which(name) is None]
     if not missing:
         return
-    message = f"{' and '.join(missing)} not installed: the Redis Cluster tests start their own"
-    if IN_CI:
-        pytest.fail(message)
-    pytest.skip(message)
+    fail_or_skip(f"{' and '.join(missing)} not installed: the Redis Cluster tests start their own")
 
 
 def redis_cli(port: int, *args: object) -> str:
