@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from otel_agent_state import agent, api, decision, observe_read, observe_write, workflow
-from otel_agent_state.config import Settings
+from otel_agent_state.core.config import Settings
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 

@@ -17,7 +17,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_agent_state import api
-from otel_agent_state.config import Settings
+from otel_agent_state.core.config import Settings
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 DSN = os.environ.get("AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from otel_agent_state import attributes as A
-from otel_agent_state.config import Settings
+from otel_agent_state.core.config import Settings
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 SPANS_PER_TRACE = 20

@@ -16,7 +16,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_agent_state import api
-from otel_agent_state.config import Settings
+from otel_agent_state.core.config import Settings
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 URL = os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")

@@ -18,7 +18,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from otel_agent_state import api
-from otel_agent_state.config import Settings
+from otel_agent_state.core.config import Settings
 from otel_agent_state.instrumentation.sqlite3 import instrument_connection
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 

@@ -30,7 +30,7 @@ PHASES = ("import", "decode", "group", "judge")
 
 def _phase(phase: str, path: str) -> None:
     """Run `check`'s work up to and including `phase` (what valgrind counts)."""
-    from otel_agent_state.config import get_settings
+    from otel_agent_state.core.config import get_settings
     from otel_agent_state.offline import TraceGrouper, json_values, judge
 
     gc.disable()  # as `check` does

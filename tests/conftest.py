@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_agent_state import api, config
+from otel_agent_state import api
+from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")

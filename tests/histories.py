@@ -14,8 +14,8 @@ is uncommitted until `commit(txn)`; one never followed by commit or rollback sta
 
 from __future__ import annotations
 
-from otel_agent_state.history import History
-from otel_agent_state.model import (
+from otel_agent_state.core.history import History
+from otel_agent_state.core.model import (
     AnomalyKind,
     FactVersion,
     Observation,

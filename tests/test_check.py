@@ -16,9 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
-from otel_agent_state import api, config, offline
+from otel_agent_state import api, offline
 from otel_agent_state import attributes as A
 from otel_agent_state.cli import main
+from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 from tests.otlp_json import WRITERS, otlp_request, write_collector_lines
 from tests.scenarios import Env, Scenario, all_scenarios, environment, run_scenario

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from otel_agent_state import ConfigError, configure
-from otel_agent_state.config import (
+from otel_agent_state.core.config import (
     Consistency,
     Settings,
     compile_key_pattern,

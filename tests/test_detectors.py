@@ -12,16 +12,16 @@ import pytest
 
 from otel_agent_state import adapter
 from otel_agent_state import attributes as A
-from otel_agent_state.config import Consistency, parse_consistency
-from otel_agent_state.detectors import (
+from otel_agent_state.core.config import Consistency, parse_consistency
+from otel_agent_state.core.detectors import (
     detect_all,
     detect_divergent_views,
     detect_lost_updates,
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from otel_agent_state.history import History
-from otel_agent_state.model import Anomaly, Observation
+from otel_agent_state.core.history import History
+from otel_agent_state.core.model import Anomaly, Observation
 
 from .histories import DIVERGENT, ERROR, LOST, ORPHAN, STALE, TRACE, WARNING, H
 

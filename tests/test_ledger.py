@@ -10,17 +10,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from otel_agent_state.config import parse_consistency
-from otel_agent_state.detectors import (
+from otel_agent_state.core.config import parse_consistency
+from otel_agent_state.core.detectors import (
     detect_all,
     detect_divergent_views,
     detect_lost_updates,
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from otel_agent_state.history import History
-from otel_agent_state.ledger import Ledger, LedgerLimits, LedgerStats, TraceState, _acted_after
-from otel_agent_state.model import (
+from otel_agent_state.core.history import History
+from otel_agent_state.core.ledger import Ledger, LedgerLimits, LedgerStats, TraceState, _acted_after
+from otel_agent_state.core.model import (
     Anomaly,
     AnomalyKind,
     FactVersion,

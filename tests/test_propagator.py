@@ -20,7 +20,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from otel_agent_state import api, config
+from otel_agent_state import api
+from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 from otel_agent_state.propagator import (
     HEADER,

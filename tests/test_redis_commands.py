@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from otel_agent_state import config
+from otel_agent_state.core import config
+from otel_agent_state.core.model import parse_version
 from otel_agent_state.instrumentation import _redis_commands as rc
 from otel_agent_state.instrumentation._redis_commands import (
     ABSENT,
@@ -21,7 +22,6 @@ from otel_agent_state.instrumentation._redis_commands import (
     effects,
     key_text,
 )
-from otel_agent_state.model import parse_version
 
 SETTINGS = config.Settings(
     digest_key=b"k" * 32,
@@ -319,7 +319,7 @@ def test_client_encoding_decides_the_bytes(encoding: str) -> None:
 
 
 def _obs(span: str, agent: str, at: int, tier: str, *, read: str = "", write: str = "") -> Any:
-    from otel_agent_state.model import FactVersion, Observation, Op, Tier
+    from otel_agent_state.core.model import FactVersion, Observation, Op, Tier
 
     return Observation(
         span_id=span,
@@ -338,8 +338,8 @@ def _obs(span: str, agent: str, at: int, tier: str, *, read: str = "", write: st
 def test_cache_writes_never_bound_a_fact_that_is_read_outside_the_cache() -> None:
     """History change made for Redis: a fact read from a primary lives outside the cache, so
     cache fills and invalidations are copies, not versions (no primary write needed)."""
-    from otel_agent_state.detectors import detect_all
-    from otel_agent_state.history import History
+    from otel_agent_state.core.detectors import detect_all
+    from otel_agent_state.core.history import History
 
     history = History.of(
         [

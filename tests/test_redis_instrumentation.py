@@ -22,8 +22,9 @@ from opentelemetry import context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import StatusCode
 
-from otel_agent_state import StaleReadError, agent, config, configure, observe_write, workflow
+from otel_agent_state import StaleReadError, agent, configure, observe_write, workflow
 from otel_agent_state import attributes as A
+from otel_agent_state.core import config
 from otel_agent_state.instrumentation import _redis_commands
 from otel_agent_state.instrumentation._wrapping import chain_of
 from otel_agent_state.instrumentation.redis import RedisInstrumentor

@@ -15,8 +15,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-from otel_agent_state import agent, api, config, decision, observe_read, observe_write, workflow
-from otel_agent_state.config import Settings
+from otel_agent_state import agent, api, decision, observe_read, observe_write, workflow
+from otel_agent_state.core import config
+from otel_agent_state.core.config import Settings
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 from .conftest import Telemetry

@@ -137,7 +137,7 @@ def test_report_of_unreadable_input_exits_2(tmp_path: Path, capsys: Any) -> None
 
 
 def test_values_are_escaped(tmp_path: Path) -> None:
-    from otel_agent_state.model import FactVersion, Observation, Op, parse_version
+    from otel_agent_state.core.model import FactVersion, Observation, Op, parse_version
     from otel_agent_state.offline import TraceView
     from otel_agent_state.report import render
 

@@ -31,11 +31,12 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 import otel_agent_state
 from otel_agent_state import attributes as A
-from otel_agent_state import config, runtime
+from otel_agent_state import runtime
+from otel_agent_state.core import config
+from otel_agent_state.core.model import Anomaly, AnomalyKind
 from otel_agent_state.errors import StaleReadError
 from otel_agent_state.instrumentation import sqlite3 as inst
 from otel_agent_state.instrumentation._wrapping import chain_of
-from otel_agent_state.model import Anomaly, AnomalyKind
 
 from .conftest import Telemetry
 from .test_sqlite3_instrumentation import attrs, reads, writes

@@ -225,7 +225,7 @@ def test_custom_row_shapes_are_not_guessed(telemetry: Telemetry, db: Path) -> No
 def test_version_column_values_always_give_parseable_versions(
     telemetry: Telemetry, tmp_path: Path, stored: object, expected: str
 ) -> None:
-    from otel_agent_state.model import parse_version
+    from otel_agent_state.core.model import parse_version
 
     path = tmp_path / "v.db"
     configure(rules=[{"name": "doc", "keys": ["sqlite:*/docs/{id}"], "version": {"column": "v"}}])

@@ -20,10 +20,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 from otel_agent_state import attributes as A
-from otel_agent_state import config, runtime
+from otel_agent_state import runtime
+from otel_agent_state.core import config
+from otel_agent_state.core.model import Anomaly, AnomalyKind
 from otel_agent_state.errors import StaleReadError
 from otel_agent_state.instrumentation import sqlite3 as inst
-from otel_agent_state.model import Anomaly, AnomalyKind
 
 ORIGINAL_CONNECT = sqlite3.connect
 

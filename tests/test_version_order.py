@@ -3,14 +3,14 @@ hand-written histories: what the evidence proves is used, nothing more."""
 
 from __future__ import annotations
 
-from otel_agent_state.config import parse_consistency
-from otel_agent_state.detectors import (
+from otel_agent_state.core.config import parse_consistency
+from otel_agent_state.core.detectors import (
     detect_all,
     detect_divergent_views,
     detect_stale_reads,
 )
-from otel_agent_state.model import Version, parse_version
-from otel_agent_state.order import VersionOrder
+from otel_agent_state.core.model import Version, parse_version
+from otel_agent_state.core.order import VersionOrder
 
 from .histories import DIVERGENT, STALE, H
 

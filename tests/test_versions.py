@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from otel_agent_state.config import Consistency, parse_consistency
-from otel_agent_state.detectors import is_older
-from otel_agent_state.model import NONE, VersionError, parse_version
+from otel_agent_state.core.config import Consistency, parse_consistency
+from otel_agent_state.core.detectors import is_older
+from otel_agent_state.core.model import NONE, VersionError, parse_version
 
 from .histories import H
 

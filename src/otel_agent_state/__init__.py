@@ -19,9 +19,9 @@ from .api import (
     observe_write,
     workflow,
 )
-from .config import ConfigError
+from .core.config import ConfigError
+from .core.model import Anomaly, AnomalyKind, Severity
 from .errors import StaleReadError
-from .model import Anomaly, AnomalyKind, Severity
 
 if TYPE_CHECKING:
     from .processor import StateCoherenceSpanProcessor

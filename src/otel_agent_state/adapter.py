@@ -13,7 +13,7 @@ from functools import lru_cache
 from typing import Any
 
 from . import attributes as A
-from .model import (
+from .core.model import (
     Anomaly,
     FactVersion,
     Observation,

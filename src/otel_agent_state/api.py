@@ -21,7 +21,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from . import attributes as A
 from . import runtime
-from .config import (
+from .core.config import (
     ConfigError,
     FactRule,
     Settings,
@@ -31,8 +31,8 @@ from .config import (
     rules_from_dicts,
     set_settings,
 )
+from .core.model import NONE_VERSION, Op, Tier, VersionError, parse_version
 from .errors import StaleReadError
-from .model import NONE_VERSION, Op, Tier, VersionError, parse_version
 
 F = TypeVar("F", bound=Callable[..., Any])
 

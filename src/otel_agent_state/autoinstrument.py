@@ -15,7 +15,7 @@ from typing import Any
 
 from opentelemetry import trace
 
-from .config import ConfigError, get_settings
+from .core.config import ConfigError, get_settings
 
 _log = logging.getLogger(__name__)
 _INSTALLED_FLAG = "_otel_agent_state_processor"

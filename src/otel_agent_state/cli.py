@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
-from .config import ConfigError, Settings, get_settings, parse_consistency
+from .core.config import ConfigError, Settings, get_settings, parse_consistency
 
 if TYPE_CHECKING:
     from .offline import TraceView
@@ -381,7 +381,7 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
 
 
 def _check(args: argparse.Namespace) -> int:
-    from .model import Severity
+    from .core.model import Severity
     from .offline import finding_json
 
     settings = _settings(args)
@@ -405,7 +405,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .model import Severity
+    from .core.model import Severity
     from .report import render
 
     settings = _settings(args)

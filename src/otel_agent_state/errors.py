@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .model import Anomaly
+from .core.model import Anomaly
 
 
 class StaleReadError(RuntimeError):

@@ -23,9 +23,9 @@ from typing import Any, NamedTuple, Protocol, TextIO
 
 from . import adapter
 from . import attributes as A
-from .config import Settings, get_settings
-from .ledger import Ledger, LedgerLimits
-from .model import Anomaly, Observation, Scope, ScopeKind, TxnEnd, _time_ns
+from .core.config import Settings, get_settings
+from .core.ledger import Ledger, LedgerLimits
+from .core.model import Anomaly, Observation, Scope, ScopeKind, TxnEnd, _time_ns
 
 # What check_trace returns: the same value the live processor reports.
 Finding = Anomaly

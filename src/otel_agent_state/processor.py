@@ -26,18 +26,18 @@ from . import adapter, runtime
 from . import attributes as A
 from .adapter import FRAMEWORK_AGENT_HINTS as _FRAMEWORK_AGENT_HINTS
 from .adapter import anomaly_attributes
-from .config import Settings, get_settings
-from .errors import StaleReadError
-from .history import Write
-from .ledger import Ledger, LedgerLimits
-from .model import (
+from .core.config import Settings, get_settings
+from .core.ledger import Ledger, LedgerLimits
+from .core.model import (
     Anomaly,
     AnomalyKind,
     Observation,
     Scope,
     ScopeKind,
     TxnEnd,
+    Write,
 )
+from .errors import StaleReadError
 
 _log = logging.getLogger(__name__)
 

@@ -42,10 +42,10 @@ from opentelemetry.propagators.textmap import (
     default_setter,
 )
 
-from .model import FactVersion, Observation, Op, Tier, VersionError, parse_version
+from .core.model import FactVersion, Observation, Op, Tier, VersionError, parse_version
 
 if TYPE_CHECKING:
-    from .history import Write
+    from .core.model import Write
     from .processor import StateCoherenceSpanProcessor
 
 _log = logging.getLogger(__name__)

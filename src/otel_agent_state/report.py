@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from html import escape
 
-from .model import Observation, Scope, ScopeKind, Severity
+from .core.model import Observation, Scope, ScopeKind, Severity
 from .offline import Finding, TraceView
 
 _WIDTH = 1240

@@ -361,7 +361,7 @@ class Reporter:
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from .config import get_settings
+        from .core.config import get_settings
 
         self.settings = get_settings()
         self.echo = echo
@@ -793,7 +793,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGTERM/SIGINT; 0 after a clean shutdown, 2 on bad settings."""
-    from .config import ConfigError, get_settings
+    from .core.config import ConfigError, get_settings
 
     if not logging.getLogger().handlers:
         logging.basicConfig(

@@ -25,8 +25,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from otel_agent_state import api, config
+from otel_agent_state import api
 from otel_agent_state import attributes as A
+from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 KINDS = ("stale_read", "divergent_view", "lost_update", "orphaned_mutation")

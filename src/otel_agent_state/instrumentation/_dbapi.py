@@ -28,9 +28,9 @@ from opentelemetry.trace import Span, SpanKind
 
 from .. import attributes as A
 from .. import runtime
-from ..config import FactRule, Settings, get_settings
+from ..core.config import FactRule, Settings, get_settings
+from ..core.model import VersionError, parse_version
 from ..errors import StaleReadError
-from ..model import VersionError, parse_version
 from ._sql import Statement, Value
 from ._state_cache import StateCache
 

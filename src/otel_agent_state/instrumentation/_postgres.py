@@ -28,7 +28,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__
 from .. import attributes as A
-from ..config import get_settings
+from ..core.config import get_settings
 from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
 from ._dbapi import Scopes, observe_rows, row_version, scope_end_spans, txn_attrs
 from ._dbapi import quote as _quote

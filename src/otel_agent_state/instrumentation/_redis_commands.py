@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import quote
 
-from ..config import FactRule, Settings
-from ..model import VersionError, parse_version
+from ..core.config import FactRule, Settings
+from ..core.model import VersionError, parse_version
 from ._state_cache import StateCache
 
 STORE = "redis"

@@ -31,9 +31,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import attributes as A
 from .. import runtime
 from ..adapter import encode_fields
-from ..config import FactRule, Settings
+from ..core.config import FactRule, Settings
+from ..core.model import VersionError, parse_version
 from ..errors import StaleReadError
-from ..model import VersionError, parse_version
 from ._steps import CALL, Body, adrive, drive
 
 _log = logging.getLogger(__name__)

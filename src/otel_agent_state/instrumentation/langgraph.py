@@ -55,9 +55,9 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__, runtime
 from .. import attributes as A
-from ..config import get_settings
+from ..core.config import get_settings
+from ..core.model import NONE_VERSION, Op
 from ..errors import StaleReadError
-from ..model import NONE_VERSION, Op
 from ._steps import CALL, Body, adrive, drive
 from ._wrapping import Wrapped, unwrap_all
 

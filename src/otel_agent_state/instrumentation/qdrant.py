@@ -21,7 +21,7 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 
 from .. import __version__
-from ..config import FactRule, Settings, get_settings
+from ..core.config import FactRule, Settings, get_settings
 from ._vector import (
     Fetch,
     Plan,

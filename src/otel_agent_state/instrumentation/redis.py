@@ -47,7 +47,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__, runtime
 from .. import attributes as A
 from ..adapter import encode_fields
-from ..config import FactRule, ResolvedFact, get_settings
+from ..core.config import FactRule, ResolvedFact, get_settings
 from ..errors import StaleReadError
 from ._redis_commands import (
     ABSENT,

@@ -35,7 +35,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from .. import __version__, runtime
 from .. import attributes as A
-from ..config import FactRule, Settings, get_settings
+from ..core.config import FactRule, Settings, get_settings
 from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
 from ._dbapi import ROWID_ALIASES as _ROWID_ALIASES
 from ._dbapi import (

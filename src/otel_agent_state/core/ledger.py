@@ -30,8 +30,17 @@ from .detectors import (
     detect_orphaned_mutations,
     detect_stale_reads,
 )
-from .history import History, Write, actor_key, decision_actor_key, is_act
-from .model import Anomaly, AnomalyKind, Observation, Scope, ScopeKind, Severity, TxnEnd
+from .history import History, actor_key, decision_actor_key, is_act
+from .model import (
+    Anomaly,
+    AnomalyKind,
+    Observation,
+    Scope,
+    ScopeKind,
+    Severity,
+    TxnEnd,
+    Write,
+)
 
 
 @dataclass(frozen=True, slots=True)

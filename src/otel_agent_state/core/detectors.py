@@ -13,18 +13,20 @@ from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
 
 from .config import Consistency
-from .history import Actor, History, Read, Write, actor_key
+from .history import Actor, History, actor_key
 from .model import (
     NONE_VERSION,
     Anomaly,
     AnomalyKind,
     Observation,
     Op,
+    Read,
     Scope,
     ScopeKind,
     Severity,
     Tier,
     Version,
+    Write,
 )
 from .order import VersionOrder
 

@@ -28,11 +28,8 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .history import Read, Write
-    from .model import Version
+from .model import Read, Version, Write
 
 _INF = 1 << 62
 

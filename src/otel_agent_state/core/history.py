@@ -15,44 +15,12 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import NamedTuple
 
-from .model import Observation, Op, Scope, ScopeKind, Tier, TxnEnd, Version
+from .model import Observation, Op, Read, Scope, ScopeKind, Tier, TxnEnd, Version, Write
 from .order import VersionOrder
 
 # Observations kept by span id per trace (for evidence look-ups); older ones are forgotten.
 MAX_OBSERVATIONS = 65_536
-
-
-@dataclass(slots=True)  # never changed; not frozen: made per write per check (see model.py)
-class Write:
-    """One write of one fact, with when (and whether) it committed."""
-
-    fact: str
-    version: Version
-    obs: Observation
-    commit_ns: int | None  # None: not committed (open transaction, or rolled back)
-    commit_span_id: str | None  # the COMMIT span for transactional writes
-    rolled_back: bool = False
-    # The earliest moment the write can have taken effect: a transactional write becomes
-    # visible at its COMMIT, not when its statement ran (None: the statement's start).
-    effective_ns: int | None = None
-    # The fields it merged into the stored value (None: it replaced the whole value).
-    fields: frozenset[str] | None = None
-
-    @property
-    def committed(self) -> bool:
-        return self.commit_ns is not None
-
-    @property
-    def start_ns(self) -> int:
-        return self.obs.start_ns if self.effective_ns is None else self.effective_ns
-
-
-class Read(NamedTuple):  # made by the thousand per check: a tuple is cheapest
-    fact: str
-    version: Version
-    obs: Observation
 
 
 @dataclass
