@@ -732,3 +732,21 @@ def test_a_late_read_that_orders_digest_versions_is_rechecked_at_close() -> None
     read = h.read("c", "f", "h:aa", (10, 11))
     [late] = _arrive(h, [first, second, read, seen])
     assert (late.kind, late.span_id, late.expected_version) == (STALE, read, "h:bb")
+
+
+def test_reads_so_far_is_the_latest_version_per_fact_of_that_actor_only() -> None:
+    ledger = _ledger()
+    h = H()
+    scorer = h.agent("scorer", (0, 50))
+    risk = h.agent("risk", (0, 50))
+    h.read("risk", "score/1", "n:1", (1, 2), scope=risk)
+    h.read("risk", "limit/1", "n:7", (3, 4), scope=risk)
+    h.read("risk", "score/1", "n:2", (5, 6), scope=risk)
+    h.read("scorer", "score/1", "n:9", (5, 6), scope=scorer)
+    h.read("planner", "plan/1", "n:1", (5, 6))
+    replay(ledger, h, close=False)
+    assert ledger.reads_so_far(TRACE, risk) == ["limit/1@n:7", "score/1@n:2"]
+    assert ledger.reads_so_far(TRACE, scorer) == ["score/1@n:9"]
+    assert ledger.reads_so_far(TRACE, "agent:planner") == ["plan/1@n:1"]
+    assert ledger.reads_so_far(TRACE, "agent:nobody") == []
+    assert ledger.reads_so_far("f" * 32, risk) == []

@@ -74,6 +74,8 @@ class History:
     _decision_inputs: dict[str, dict[str, None]] = field(default_factory=dict)
     _counted_decisions: set[str] = field(default_factory=set)
     _unacted_reads: dict[str, dict[str, None]] = field(default_factory=dict)
+    # Per actor, the version it last read of each fact (tool spans' decision inputs).
+    _actor_reads: dict[str, dict[str, str]] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ building
 
@@ -119,7 +121,12 @@ class History:
             unacted = self._unacted_reads.get(key)
             if unacted is None:
                 unacted = self._unacted_reads[key] = {}
+            seen = self._actor_reads.get(key)
+            if seen is None:
+                seen = self._actor_reads[key] = {}
             for item in obs.reads:
+                seen.pop(item.fact, None)  # most recent last
+                seen[item.fact] = item.version.text
                 self._log(item.fact).reads.append(obs)
                 self._reads_cache.pop(item.fact, None)
                 unacted[item.fact] = None
@@ -199,6 +206,10 @@ class History:
         return set(self._txn_facts.get(txn_id, ()))
 
     # ------------------------------------------------------------------ views
+
+    def reads_so_far(self, actor: str) -> list[str]:
+        """`fact@version` of the version `actor` last read of each fact, least recent first."""
+        return [f"{fact}@{version}" for fact, version in self._actor_reads.get(actor, {}).items()]
 
     def decision_inputs(self, decision_span_id: str) -> list[str]:
         """`fact@version` of every read made inside the decision, in order."""

@@ -309,6 +309,16 @@ class Ledger:
                 return []
             return state.history.decision_inputs(decision_span_id)
 
+    def reads_so_far(self, trace_id: str, actor: str) -> list[str]:
+        """`fact@version` of what `actor` (an agent span id, or `agent:<name>`: see
+        history.actor_key) has read in the trace so far, latest version per fact: the inputs
+        a tool call or decision starting now depends on."""
+        with self._lock:
+            state = self._traces.get(trace_id)
+            if state is None or state.quiet:
+                return []
+            return state.history.reads_so_far(actor)
+
     def latest_commits(self, trace_id: str, limit: int) -> list[Write]:
         """The latest committed write of each fact of the trace, most recent commit first
         (at most `limit`): the frontier the propagator sends downstream."""
