@@ -1,33 +1,42 @@
 #!/usr/bin/env bash
-# Create .venv and install otel-agent-state with its dev and test extras (idempotent).
-# Also installs the Debian tools the tests drive for real (Prometheus/promtool, Chromium)
-# when they are missing and we can (root with apt-get).
+# The test set-up: create .venv and install otel-agent-state with its dev and test extras
+# (idempotent). Also installs the Debian tools the tests drive for real (Prometheus/promtool,
+# Chromium) when they are missing and we can (root with apt-get). The demo needs none of
+# this: ./scripts/demo.sh installs the package alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
+
+step() { echo "setup: $*"; }
 
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing Debian packages: ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null \
-      || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" >/dev/null; }
+    step "installing Debian packages for the tests: ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}" \
+      || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"; }
   else
     echo "setup: missing ${need[*]} (install Debian's packages to run the tests that use them)" >&2
   fi
 fi
 
 if [ ! -x .venv/bin/python ]; then
+  step "creating .venv with $PY"
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+step "upgrading pip"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+# pip's own output is the progress: a few minutes on a fresh .venv.
+step "installing otel-agent-state with its dev and test extras"
+.venv/bin/python -m pip install --disable-pip-version-check -e ".[dev]"
 # Contrib psycopg/psycopg2/asyncpg are published only at 0.66b1, whose metadata pins
 # opentelemetry-instrumentation==0.66b1 (a conflict with our 0.66b2 pins). Their code runs
 # on 0.66b2, so the coexistence tests install them without their pins.
-.venv/bin/python -m pip install --quiet --no-deps \
+step "installing contrib psycopg/psycopg2/asyncpg instrumentations (without their pins)"
+.venv/bin/python -m pip install --disable-pip-version-check --no-deps \
   opentelemetry-instrumentation-psycopg==0.66b1 \
   opentelemetry-instrumentation-psycopg2==0.66b1 \
   opentelemetry-instrumentation-asyncpg==0.66b1
+step "done"
