@@ -100,6 +100,62 @@ def test_help_teaches() -> None:
     assert "opentelemetry-instrument otel-agent-state demo" in result.stdout
     assert "--redis-url URL" in result.stdout and "--postgres-dsn DSN" in result.stdout
     assert "$AGENTSTATE_REDIS_URL" in result.stdout
+    # The database the README names (and the test servers have).
+    assert "postgresql://postgres@127.0.0.1:5432/test" in result.stdout
+    assert "5432/postgres" not in result.stdout
     bare = subprocess.run([str(CLI)], capture_output=True, text=True, env=_env(), check=False)
     assert bare.returncode == 2
     assert "opentelemetry-instrument --service_name planner" in bare.stdout
+
+
+BAD_RULE = '[[facts]]\nname = "b"\nconsistency = "strong"\nkeys = ["sqlite:*/t/{id}"]\n'
+
+
+def _launch(tmp_path: Path, *command: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "facts.toml"
+    config.write_text(BAD_RULE)
+    return subprocess.run(
+        [str(BIN / "opentelemetry-instrument"), *command],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_env(
+            OTEL_AGENTSTATE_CONFIG=str(config),
+            OTEL_TRACES_EXPORTER="none",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="sqlalchemy",
+        ),
+        timeout=120,
+        check=False,
+    )
+
+
+def test_a_bad_config_under_the_launcher_is_one_line(tmp_path: Path) -> None:
+    """An application keeps running, unmonitored, with one line saying why."""
+    app = _launch(tmp_path, str(BIN / "python"), "-c", "print('app ran')")
+    assert app.returncode == 0 and app.stdout == "app ran\n"
+    lines = app.stderr.strip().splitlines()
+    assert len(lines) == 1, app.stderr
+    assert lines[0].startswith("otel-agent-state is not active: configuration error: ")
+    assert "facts.toml:3: rule 'b': unknown consistency model 'strong'" in lines[0]
+    # Our own demo under the launcher stops (exit 2) without printing the error again.
+    demo = _launch(tmp_path, str(CLI), "demo")
+    assert demo.returncode == 2
+    assert demo.stderr.strip().splitlines() == lines, demo.stderr
+
+
+def test_a_bad_config_without_the_launcher_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "facts.toml"
+    config.write_text(BAD_RULE)
+    result = subprocess.run(
+        [str(CLI), "demo"],
+        capture_output=True,
+        text=True,
+        env=_env(OTEL_AGENTSTATE_CONFIG=str(config)),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("otel-agent-state: configuration error: ")
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

@@ -19,6 +19,14 @@ from .core.config import ConfigError, get_settings
 
 _log = logging.getLogger(__name__)
 _INSTALLED_FLAG = "_otel_agent_state_processor"
+# Configuration errors already printed by the hook: our own commands run under the launcher
+# (`opentelemetry-instrument otel-agent-state demo`) do not print them a second time.
+_reported_errors: set[str] = set()
+
+
+def reported(error: Exception) -> bool:
+    """Whether the launcher hook already printed this configuration error."""
+    return str(error) in _reported_errors
 
 
 def install_processor(tracer_provider: Any = None) -> Any:
@@ -30,8 +38,10 @@ def install_processor(tracer_provider: Any = None) -> Any:
     try:
         get_settings()
     except ConfigError as exc:
-        print(f"otel-agent-state: configuration error: {exc}", file=sys.stderr)
-        _log.error("otel-agent-state is not active: %s", exc)
+        # One line, on stderr whatever the application's logging set-up (a logged copy
+        # too would print it twice under the launcher's default logging).
+        print(f"otel-agent-state is not active: configuration error: {exc}", file=sys.stderr)
+        _reported_errors.add(str(exc))
         return None
     provider = tracer_provider or trace.get_tracer_provider()
     if not hasattr(provider, "add_span_processor"):

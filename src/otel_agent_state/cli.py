@@ -48,7 +48,7 @@ Run the same scenario on real servers: --redis-url puts the score cache in Redis
 agentstate_demo_replica), either or both:
 
     otel-agent-state demo --redis-url redis://127.0.0.1:6379/0 \\
-        --postgres-dsn postgresql://postgres@127.0.0.1:5432/postgres
+        --postgres-dsn postgresql://postgres@127.0.0.1:5432/test
 """
 
 
@@ -445,7 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except ConfigError as exc:
-        print(f"otel-agent-state: configuration error: {exc}", file=sys.stderr)
+        hook = sys.modules.get(f"{__package__}.autoinstrument")
+        if hook is None or not hook.reported(exc):  # else the launcher's hook said it
+            print(f"otel-agent-state: configuration error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -413,7 +413,7 @@ def _postgres(dsn: str, names: _Names) -> _PostgresDatabase:
         raise DemoError(
             f"cannot connect to {where}: {_first_line(exc)}\n"
             "Start PostgreSQL there (docker compose up -d postgres), or pass a DSN that "
-            "works (e.g. postgresql://postgres@127.0.0.1:5432/postgres); leave the option "
+            "works (e.g. postgresql://postgres@127.0.0.1:5432/test); leave the option "
             "out to run on embedded SQLite."
         ) from None
     try:
