@@ -3,8 +3,12 @@ offline; the findings must be the live processor's (same kind, fact, versions, s
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -207,7 +211,10 @@ def test_corrupt_line_stops_with_file_and_line(
     [
         ('{"resourceSpans": 5}\n', 1, "resourceSpans is not a list"),
         ('{"hello": "world"}\n', 1, "neither an OTLP ExportTraceServiceRequest"),
-        ("\n\n[1, 2]\n", 3, "expected a JSON object, got int"),
+        ("\n\n[1, 2]\n", 3, "a JSON array of numbers, not of spans"),
+        ('[{"resourceSpans": []}, "x"]\n', 1, "a JSON array of strings, not of spans"),
+        ('{"a": "bcd\n', 1, "not JSON (Invalid control character at column 11)"),
+        ('{"a": "bcd', 1, "not JSON (Unterminated string starting at column 7)"),
         (
             '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "x"}]}]}]}',
             1,
@@ -274,11 +281,19 @@ def test_missing_file_and_not_utf8(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 2 and f"{binary}:1: not UTF-8 text" in err
 
 
-def test_empty_input_is_a_clean_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_empty_input_warns_and_require_spans_fails_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")
-    code, report, _ = _check(capsys, str(path))
+    code, report, err = _check(capsys, str(path))
     assert (code, report) == (0, {"traces": 0, "spans": 0, "anomalies": []})
+    assert err == f"otel-agent-state: no spans in {path}: nothing was checked\n"
+    # As a CI gate: an export that came out empty fails.
+    code, report, err = _check(capsys, "--require-spans", str(path))
+    assert (code, report) == (2, None)
+    assert err == f"otel-agent-state: no spans in {path} (--require-spans)\n"
+    assert main(["report", "--require-spans", str(path), "-o", str(tmp_path / "r.html")]) == 2
 
 
 def test_max_spans_judges_the_oldest_traces_early_with_a_warning(
@@ -567,3 +582,188 @@ def test_check_agrees_with_the_live_processor_on_every_corpus_scenario(
     live = _live(outcome.spans)
     assert _offline(report) == live
     assert code == (1 if any(k[5] == "error" for k in live) else 0)
+
+
+# ---------------------------------------------------------------- as people run it
+
+CLI = Path(sys.executable).with_name("otel-agent-state")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENTSTATE_"))}
+    env.update(extra)
+    return env
+
+
+def test_the_documented_pipe_from_an_application_that_prints(tmp_path: Path) -> None:
+    """`opentelemetry-instrument python app.py | otel-agent-state check -` with an app that
+    prints to the same stdout as the console exporter (docs/cli.md, README)."""
+    launcher = Path(sys.executable).with_name("opentelemetry-instrument")
+    app = ROOT / "examples" / "credit_agents_sqlite.py"
+    command = (
+        f"{launcher} --service_name agents {sys.executable} {app} {tmp_path / 'app.db'}"
+        f" | {CLI} check -"
+    )
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command],
+        capture_output=True,
+        text=True,
+        env=_clean_env(
+            OTEL_TRACES_EXPORTER="console",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="sqlalchemy",
+            OTEL_AGENTSTATE_CONFIG=str(ROOT / "examples" / "credit_facts.toml"),
+        ),
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr  # a warning: no decision followed the read
+    report = json.loads(result.stdout)
+    assert [(a["kind"], a["severity"]) for a in report["anomalies"]] == [("stale_read", "warning")]
+    # "risk-assessor saw score 680" came through the pipe too: skipped and counted.
+    assert "<stdin>: skipped 1 line of text that is not JSON" in result.stderr
+
+
+def _console_text(spans: list[ReadableSpan], tmp_path: Path) -> list[str]:
+    """The console exporter's output, one string per span."""
+    out = WRITERS["console"](spans, tmp_path / "console.json").read_text()
+    chunks = out.split("\n{")
+    return [chunks[0] + "\n"] + ["{" + c + "\n" for c in chunks[1:-1]] + ["{" + chunks[-1]]
+
+
+def test_console_input_with_interleaved_text_lines(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    spans = list(outcome.spans)
+    noise = ["hello from the app\n", "[INFO] 2026-12-04 started\n", "42\n", "done.\n"]
+    parts = _console_text(spans, tmp_path)
+    mixed = [noise[0]]
+    for i, part in enumerate(parts):
+        mixed.append(part)
+        if i % 2 == 0:
+            mixed.append(noise[1 + i // 2 % 3])
+    path = tmp_path / "mixed.txt"
+    path.write_text("".join(mixed))
+    skipped = sum(1 for part in mixed if part in noise)
+    code, report, err = _check(capsys, str(path))
+    assert code == 1 and report is not None, err
+    assert report["spans"] == len(spans)
+    assert [a["kind"] for a in report["anomalies"]] == ["stale_read"]
+    assert f"{path}: skipped {skipped} lines of text that are not JSON" in err
+
+
+def test_skip_bad_resumes_console_input_after_a_damaged_span(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    spans = list(outcome.spans)
+    parts = _console_text(spans, tmp_path)
+    # A span whose text was cut in the middle (a crash while writing, a lost buffer) and
+    # that no anomaly depends on: the first one, an observation span.
+    damaged = parts[0][: len(parts[0]) // 2] + "\n"
+    path = tmp_path / "damaged.json"
+    path.write_text(damaged + "".join(parts[1:]))
+    code, report, err = _check(capsys, str(path))
+    assert (code, report) == (2, None)
+    assert err.startswith(f"otel-agent-state check: {path}:")
+    code, report, err = _check(capsys, "--skip-bad", str(path))
+    assert report is not None and report["spans"] == len(spans) - 1, err
+    assert "not JSON" in err and "(skipped)" in err
+
+
+def test_a_truncated_console_file_is_judged_up_to_the_damage(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    spans = list(outcome.spans)
+    text = WRITERS["console"](spans, tmp_path / "whole.json").read_text()
+    path = tmp_path / "cut.json"
+    path.write_text(text[: len(text) - 40])  # the last span loses its end
+    lines = text[: len(text) - 40].count("\n") + 1
+    code, report, err = _check(capsys, str(path))
+    assert (code, report) == (2, None)
+    assert err.startswith(f"otel-agent-state check: {path}:{lines}: not JSON"), err
+    code, report, err = _check(capsys, "--skip-bad", str(path))
+    assert report is not None and report["spans"] == len(spans) - 1
+    assert f"{path}:{lines}: not JSON" in err and "(skipped)" in err
+    # The spans before the damage were judged like the whole file (the root span was last).
+    whole = _check(capsys, str(tmp_path / "whole.json"))[1]
+    assert whole is not None
+    assert [a["kind"] for a in report["anomalies"]] == [a["kind"] for a in whole["anomalies"]]
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_gzip_input_is_read_transparently(
+    fmt: str,
+    runs: dict[str, tuple[Scenario, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, outcome = runs["sqlite/replica_lag"]
+    plain = WRITERS[fmt](list(outcome.spans), tmp_path / "spans.json")
+    packed = tmp_path / "spans.json.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    expected = _check(capsys, str(plain))
+    assert expected[0] == 1
+    assert _check(capsys, str(packed)) == expected
+    # From standard input too (`zcat` not needed).
+    monkeypatch.setattr(
+        "sys.stdin", io.TextIOWrapper(io.BufferedReader(io.BytesIO(packed.read_bytes())))
+    )
+    assert _check(capsys, "-") == expected
+
+
+def test_compressed_or_binary_input_says_what_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zstd = tmp_path / "spans.json.zst"
+    zstd.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 20)
+    code, _, err = _check(capsys, str(zstd))
+    assert code == 2 and f"{zstd}: zstd-compressed: decompress it first (zstd -d)" in err
+    cut = tmp_path / "cut.json.gz"
+    cut.write_bytes(gzip.compress(b'{"resourceSpans": []}\n' * 1000)[:60])
+    code, _, err = _check(capsys, str(cut))
+    assert code == 2 and err.startswith(f"otel-agent-state check: {cut}: "), err
+    protobuf = tmp_path / "spans.pb"
+    protobuf.write_bytes(b"\n\xff\xfe\x01\x02")
+    code, _, err = _check(capsys, str(protobuf))
+    assert code == 2 and "not UTF-8 text" in err and "OTLP JSON" in err
+
+
+def test_an_unknown_option_shows_the_commands_own_usage(tmp_path: Path) -> None:
+    for command, *rest in (("check",), ("report", "-o", str(tmp_path / "r.html"))):
+        result = subprocess.run(
+            [str(CLI), command, "--bogus", "x.json", *rest],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert result.returncode == 2
+        assert result.stderr.startswith(f"usage: otel-agent-state {command} "), result.stderr
+        assert "unrecognized arguments: --bogus" in result.stderr
+
+
+def test_a_closed_pipe_ends_quietly(runs: dict[str, tuple[Scenario, Any]], tmp_path: Path) -> None:
+    """`check ... | head`: no BrokenPipeError traceback, the verdict as the exit status."""
+    _, outcome = runs["sqlite/stale_cache_not_invalidated"]
+    one = write_collector_lines(list(outcome.spans), tmp_path / "one.jsonl").read_text()
+    trace_id = format(outcome.spans[0].context.trace_id, "032x")
+    # 400 copies of the trace under other ids: a report far larger than a pipe's buffer.
+    many = "".join(one.replace(trace_id, f"{n:032x}") for n in range(1, 401))
+    path = tmp_path / "many.jsonl"
+    path.write_text(many)
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{CLI} check --indent 2 {path} | head -n 3"],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        timeout=120,
+        check=False,
+    )
+    assert len(result.stdout.splitlines()) == 3
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 1  # the check's own status (error anomalies), not a crash

@@ -251,7 +251,14 @@ def _input_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--skip-bad",
         action="store_true",
-        help="skip unreadable lines with a warning instead of stopping with exit status 2",
+        help="skip unreadable lines (or a damaged console span) with a warning instead of "
+        "stopping with exit status 2",
+    )
+    parser.add_argument(
+        "--require-spans",
+        action="store_true",
+        help="exit with status 2 when the input holds no span at all (an empty export "
+        "should not pass a CI gate)",
     )
 
 
@@ -296,7 +303,9 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 class _InputError(Exception):
-    pass
+    def __init__(self, message: str, *, quiet: bool = False) -> None:
+        super().__init__(message)
+        self.quiet = quiet  # already explained on stderr
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -328,7 +337,7 @@ def _views(args: argparse.Namespace, settings: Settings) -> Iterator[TraceView]:
 
 
 def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Iterator[TraceView]:
-    from .offline import FormatError, PendingTrace, json_values, judge
+    from .offline import FormatError, PendingTrace, ReadStats, json_values, judge, open_input
 
     warned = False
 
@@ -344,12 +353,15 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
             print(f"{label}:{error.line}: {error.reason} (skipped)", file=sys.stderr)
 
         try:
-            stream = sys.stdin if name == "-" else open(name, encoding="utf-8")  # noqa: SIM115
+            stream = open_input(name)
         except OSError as exc:
             raise _InputError(f"{label}: {exc.strerror or exc}") from None
+        except FormatError as exc:
+            raise _InputError(f"{label}: {exc.reason}") from None
         lineno = 0
+        stats = ReadStats()
         try:
-            for lineno, value in json_values(stream, bad if args.skip_bad else None):
+            for lineno, value in json_values(stream, bad if args.skip_bad else None, stats):
                 try:
                     evicted = grouper.add(value)
                 except FormatError as exc:
@@ -370,14 +382,36 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
         except FormatError as exc:
             raise _InputError(f"{label}:{exc.line or lineno}: {exc.reason}") from None
         except UnicodeDecodeError as exc:
-            raise _InputError(f"{label}:{lineno + 1}: not UTF-8 text ({exc.reason})") from None
-        except OSError as exc:
-            raise _InputError(f"{label}: {exc.strerror or exc}") from None
+            raise _InputError(
+                f"{label}:{lineno + 1}: not UTF-8 text ({exc.reason}); check reads OTLP JSON "
+                "or console-exporter JSON, plain or gzip-compressed"
+            ) from None
+        except (OSError, EOFError) as exc:  # EOFError: a gzip stream cut short
+            raise _InputError(f"{label}: {getattr(exc, 'strerror', None) or exc}") from None
         finally:
-            if stream is not sys.stdin:
+            if name != "-":
                 stream.close()
+            elif stream is not sys.stdin and hasattr(stream, "detach"):
+                stream.detach()  # leave standard input itself open
+        if stats.skipped_lines:
+            print(
+                f"otel-agent-state: {label}: skipped {stats.skipped_lines} "
+                f"line{'s' if stats.skipped_lines != 1 else ''} of text that "
+                f"{'are' if stats.skipped_lines != 1 else 'is'} not JSON (the application's "
+                "own output between the console exporter's spans?)",
+                file=sys.stderr,
+            )
     for pending in grouper.finish():
         yield done(pending)
+    if grouper.spans == 0:
+        where = ", ".join("<stdin>" if f == "-" else f for f in args.files)
+        print(
+            f"otel-agent-state: no spans in {where}"
+            + (": nothing was checked" if not args.require_spans else " (--require-spans)"),
+            file=sys.stderr,
+        )
+        if args.require_spans:
+            raise _InputError("no spans read", quiet=True)
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -396,12 +430,30 @@ def _check(args: argparse.Namespace) -> int:
                 anomalies.append(finding_json(finding))
                 failed = failed or finding.severity == Severity.ERROR
     except _InputError as exc:
-        print(f"otel-agent-state check: {exc}", file=sys.stderr)
+        if not exc.quiet:
+            print(f"otel-agent-state check: {exc}", file=sys.stderr)
         return 2
     report = {"traces": traces, "spans": spans, "anomalies": anomalies}
-    json.dump(report, sys.stdout, indent=args.indent)
-    sys.stdout.write("\n")
-    return 1 if failed else 0
+    status = 1 if failed else 0
+    try:
+        json.dump(report, sys.stdout, indent=args.indent)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:  # `check ... | head`: the reader has all it wanted
+        _drop_stdout()
+    return status
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null after the reader went away, so that the interpreter's final
+    flush does not fail again (the Python docs' recipe for SIGPIPE)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -423,7 +475,8 @@ def _report(args: argparse.Namespace) -> int:
             elif len(quiet) < args.max_traces and view.observations:
                 quiet.append(view)
     except _InputError as exc:
-        print(f"otel-agent-state report: {exc}", file=sys.stderr)
+        if not exc.quiet:
+            print(f"otel-agent-state report: {exc}", file=sys.stderr)
         return 2
     shown = (kept + quiet)[: args.max_traces]
     html = render(shown, total_traces=traces, sources=[str(f) for f in args.files])
@@ -438,12 +491,20 @@ def _report(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        # Report it with the command's own usage (argparse would show the top-level one).
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = commands.choices.get(args.command or "", parser)
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
     if args.command is None:
         parser.print_help()
         return 2
     try:
         return int(args.handler(args))
+    except BrokenPipeError:  # output piped into `head` and the like
+        _drop_stdout()
+        return 1
     except ConfigError as exc:
         hook = sys.modules.get(f"{__package__}.autoinstrument")
         if hook is None or not hook.reported(exc):  # else the launcher's hook said it

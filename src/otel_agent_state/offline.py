@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple, Protocol, TextIO
 
-from . import adapter
+from . import adapter, genai_memory
 from . import attributes as A
 from .core.config import Settings, get_settings
 from .core.ledger import Ledger, LedgerLimits
@@ -31,12 +31,13 @@ from .core.model import Anomaly, Observation, Scope, ScopeKind, TxnEnd, _time_ns
 Finding = Anomaly
 
 # Attributes that make a span matter to the detectors (the rest only link the tree): ours,
-# and what names an agent (gen_ai.operation.name alone, as on LLM calls, names none).
+# and what can name an agent or open a scope (agent and tool spans of every convention).
 _OURS = "agentstate."
-_AGENT_KEYS = frozenset((A.GEN_AI_AGENT_NAME, A.GEN_AI_AGENT_ID, *adapter.FRAMEWORK_AGENT_HINTS))
+_AGENT_KEYS = frozenset(adapter.ATTRIBUTION_KEYS)
+# Other instrumentations' GenAI memory spans are judged too: their attributes are kept.
+_MEMORY_KEYS = genai_memory.KEYS
 _LOWER_HEX = "0123456789abcdef"
-_HINTS = frozenset(adapter.FRAMEWORK_AGENT_HINTS)
-_KEPT_KEYS = _AGENT_KEYS | {A.GEN_AI_OPERATION_NAME}
+_KEPT_KEYS = _AGENT_KEYS | _MEMORY_KEYS | {A.GEN_AI_OPERATION_NAME}
 
 
 class SpanEvent(NamedTuple):
@@ -134,7 +135,9 @@ def process_of(resource: Mapping[str, Any]) -> str:
 
 
 def is_interesting(attributes: Iterable[str]) -> bool:
-    return any(key.startswith(_OURS) or key in _AGENT_KEYS for key in attributes)
+    return any(
+        key.startswith(_OURS) or key in _AGENT_KEYS or key in _MEMORY_KEYS for key in attributes
+    )
 
 
 def is_own_anomaly(name: str, attributes: Mapping[str, Any], scope_name: str = "") -> bool:
@@ -291,7 +294,7 @@ _KEY_CLASS_MAX = 4096
 def _classify(key: str) -> tuple[bool, bool, str]:
     """A key not in `_KEY_CLASS` yet (callers look there first: the hot path)."""
     ours = key.startswith(_OURS)
-    known = (ours or key in _AGENT_KEYS, ours or key in _KEPT_KEYS, key)
+    known = (ours or key in _AGENT_KEYS or key in _MEMORY_KEYS, ours or key in _KEPT_KEYS, key)
     if len(_KEY_CLASS) < _KEY_CLASS_MAX:
         _KEY_CLASS[key] = known
     return known
@@ -444,9 +447,25 @@ def spans_from_json(obj: Any) -> Iterator[SpanRecord]:
         raise FormatError("neither an OTLP ExportTraceServiceRequest nor a console-exporter span")
     if isinstance(obj, list):
         for item in obj:
+            if not isinstance(item, dict):
+                raise FormatError(f"a JSON array of {_json_kind(item)}s, not of spans")
             yield from spans_from_json(item)
         return
-    raise FormatError(f"expected a JSON object, got {type(obj).__name__}")
+    kind = _json_kind(obj)
+    raise FormatError(f"expected a JSON object, got {'an' if kind == 'array' else 'a'} {kind}")
+
+
+def _json_kind(value: Any) -> str:
+    """A decoded value's kind in JSON's words (`[1, 2]` holds numbers, not ints)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else "object"
 
 
 # ---------------------------------------------------------------------- reading files
@@ -481,20 +500,43 @@ _MAX_DOCUMENT = 1 << 28  # one JSON value larger than this is refused, not buffe
 _WS = " \t\r\n"
 
 
+@dataclass
+class ReadStats:
+    """What reading one input passed over without failing."""
+
+    # Lines of text between the JSON values of concatenated input: what an application
+    # prints to stdout between the console exporter's spans (`app | check -`).
+    skipped_lines: int = 0
+    values: int = 0
+
+
+def json_reason(exc: json.JSONDecodeError) -> str:
+    """`not JSON (...)` for a decoder error: its message and the column."""
+    # Some messages end with " at" ("Unterminated string starting at"): no second "at".
+    at = "" if exc.msg.endswith(" at") else " at"
+    return f"not JSON ({exc.msg}{at} column {exc.colno})"
+
+
 def json_values(
-    stream: TextIO, on_bad_line: Callable[[FormatError], None] | None = None
+    stream: TextIO,
+    on_bad_line: Callable[[FormatError], None] | None = None,
+    stats: ReadStats | None = None,
 ) -> Iterator[tuple[int, Any]]:
     """(line number, value) for every JSON value in `stream`, whatever the layout:
 
-    - JSON lines (the collector file exporter, `--json` exports): one value per line, decoded
-      line by line (a bad line is reported with its number);
+    - JSON lines (the collector file exporter, `--json` exports): one object or array per
+      line, decoded line by line (a bad line is reported with its number);
     - one document, or a stream of concatenated documents, pretty-printed or not (OTLP/HTTP
-      JSON bodies; the console exporter prints one indented object per span).
+      JSON bodies; the console exporter prints one indented object per span). Lines of text
+      between the values (an application's own output on the same stdout) are skipped and
+      counted in `stats.skipped_lines`.
 
-    The layout is told by the first non-blank line: a whole JSON value means JSON lines.
-    Raises FormatError with the line number of the bad input; in JSON-lines layout, a bad
-    line goes to `on_bad_line` instead when given (and reading goes on).
+    The layout is told by the first non-blank line: a whole JSON object or array means JSON
+    lines. Raises FormatError with the line number of the bad input; a bad line (JSON
+    lines), or a damaged value (concatenated: reading resumes at the next line that opens an
+    object), goes to `on_bad_line` instead when given.
     """
+    stats = stats if stats is not None else ReadStats()
     lineno = 0
     first = ""
     for first in stream:
@@ -507,8 +549,11 @@ def json_values(
     try:
         value = loads(first)
     except json.JSONDecodeError:
-        yield from _concatenated(first, stream, lineno)
+        value = None
+    if not isinstance(value, (dict, list)):
+        yield from _concatenated(first, stream, lineno, on_bad_line, stats)
         return
+    stats.values += 1
     yield lineno, value
     for line in stream:
         lineno += 1
@@ -517,49 +562,124 @@ def json_values(
         try:
             value = loads(line)
         except json.JSONDecodeError as exc:
-            error = FormatError(f"not JSON ({exc.msg} at column {exc.colno})", lineno)
+            error = FormatError(json_reason(exc), lineno)
             if on_bad_line is None:
                 raise error from None
             on_bad_line(error)
             continue
+        stats.values += 1
         yield lineno, value
 
 
-def _concatenated(first: str, stream: TextIO, first_line: int) -> Iterator[tuple[int, Any]]:
+def _concatenated(
+    first: str,
+    stream: TextIO,
+    first_line: int,
+    on_bad: Callable[[FormatError], None] | None,
+    stats: ReadStats,
+) -> Iterator[tuple[int, Any]]:
     decoder = json.JSONDecoder()
     buf = first
     line, mark = first_line, 0  # buf[mark] is on `line`: newlines are counted once
     pos = 0
     eof = False
+
+    def more() -> bool:
+        """Drop what was read, append the next chunk (doubling: linear overall); False at
+        the end of the input."""
+        nonlocal buf, pos, mark, line, eof
+        if eof:
+            return False
+        line += buf.count("\n", mark, pos)
+        chunk = stream.read(max(_CHUNK, len(buf) - pos))
+        buf, pos, mark = buf[pos:] + chunk, 0, 0
+        eof = not chunk
+        return not eof
+
     while True:
         while pos < len(buf) and buf[pos] in _WS:
             pos += 1
         if pos >= len(buf):
-            if eof:
-                return
-            line += buf.count("\n", mark, pos)
-            buf, pos, mark = stream.read(_CHUNK), 0, 0
-            eof = not buf
+            if more():
+                continue
+            return
+        if buf[pos] not in "{[":
+            # Not the start of a JSON value: a line of text (the application's output).
+            end = buf.find("\n", pos)
+            if end < 0 and more():
+                continue
+            stats.skipped_lines += 1
+            pos = len(buf) if end < 0 else end + 1
             continue
         try:
             value, end = decoder.raw_decode(buf, pos)
         except json.JSONDecodeError as exc:
-            if not eof and len(buf) - pos < _MAX_DOCUMENT:
-                more = stream.read(max(_CHUNK, len(buf) - pos))  # doubles: linear overall
-                if more:
-                    line += buf.count("\n", mark, pos)
-                    buf, pos, mark = buf[pos:] + more, 0, 0
-                    continue
-                eof = True
+            eol = buf.find("\n", pos)
+            if buf[pos] == "[" and 0 <= exc.pos <= eol and "Unterminated" not in exc.msg:
+                # "[INFO] started": a line of text that opens with a bracket
+                stats.skipped_lines += 1
+                pos = eol + 1
+                continue
+            # A console span (or pretty-printed body) starts with "{" in the first column:
+            # one after the error means this value is damaged, not incomplete.
+            damaged = buf.find("\n{", pos) >= 0
+            if not damaged and len(buf) - pos < _MAX_DOCUMENT and more():
+                continue
             at = line + buf.count("\n", mark, exc.pos)
-            raise FormatError(f"not JSON ({exc.msg} at column {exc.colno})", at) from None
+            error = FormatError(json_reason(exc), at)
+            if on_bad is None:
+                raise error from None
+            on_bad(error)
+            while True:  # resume at the next object that starts a line
+                start = buf.find("\n{", pos)
+                if start >= 0:
+                    pos = start + 1
+                    break
+                pos = max(pos, len(buf) - 1)  # keep a last "\n"
+                if not more():
+                    return
+            continue
         line += buf.count("\n", mark, pos)
         mark = pos
+        stats.values += 1
         yield line, value
         pos = end
         if pos > _CHUNK:
             line += buf.count("\n", mark, pos)
             buf, pos, mark = buf[pos:], 0, 0
+
+
+_GZIP = b"\x1f\x8b"
+_ZSTD = b"\x28\xb5\x2f\xfd"
+
+
+def open_input(name: str) -> TextIO:
+    """A file (or `-`, standard input) as text; gzip is inflated on the fly (the Collector's
+    file exporter and log shippers compress). FormatError for other compressed data;
+    OSError as `open` raises it."""
+    import gzip
+    import io
+    import sys
+
+    if name == "-":
+        raw = getattr(sys.stdin, "buffer", None)
+        if raw is None or not hasattr(raw, "peek"):
+            return sys.stdin  # already text (an embedding program's stream)
+        head = raw.peek(4)[:4]
+        binary: Any = raw
+    else:
+        binary = open(name, "rb")  # noqa: SIM115 - the caller closes the text stream
+        head = binary.read(4)
+        binary.seek(0)
+    if head.startswith(_ZSTD):
+        if name != "-":
+            binary.close()
+        raise FormatError(
+            "zstd-compressed: decompress it first (zstd -d); check reads JSON, plain or gzip"
+        )
+    if head.startswith(_GZIP):
+        binary = gzip.GzipFile(fileobj=binary, mode="rb")
+    return io.TextIOWrapper(binary, encoding="utf-8")
 
 
 class PendingTrace:
@@ -743,7 +863,7 @@ def judge(
     (span id -> (parent span id, process))."""
     s = settings if settings is not None else get_settings()
     view = TraceView(trace_id, spans if spans is not None else len(parents))
-    kinds = {r.span_id: adapter.scope_kind(r.attributes) for r in records}
+    kinds = {r.span_id: adapter.scope_kind(r.attributes, r.name) for r in records}
     by_id = {r.span_id: r for r in records}
     memo: dict[str, _Ctx] = {}
 
@@ -752,18 +872,16 @@ def judge(
         depth = parent_ctx.depth + 1
         if record is None:
             return parent_ctx._replace(depth=depth)
-        kind = kinds[span_id]
-        agent, agent_scope, decision, mutation = parent_ctx[:4]
-        if kind == ScopeKind.AGENT:
-            agent = adapter.agent_name(record.attributes) or agent
-            agent_scope, decision, mutation = span_id, None, None
-        elif kind == ScopeKind.DECISION:
-            decision = span_id
-        elif kind == ScopeKind.MUTATION:
-            mutation = span_id
-        if agent is None and not _HINTS.isdisjoint(record.attributes):
-            agent = adapter.framework_agent(record.attributes)
-        return _Ctx(agent, agent_scope, decision, mutation, depth)
+        # The live processor's rule (adapter.attribute), with no baggage: offline, the
+        # observation spans carry the agent the processor took from it.
+        found = adapter.attribute(
+            adapter.Attribution(*parent_ctx[:4]),
+            record.attributes,
+            record.name,
+            span_id,
+            kinds[span_id],
+        )
+        return _Ctx(*found, depth)
 
     def ctx_of(span_id: str) -> _Ctx:
         chain: list[str] = []
@@ -798,6 +916,8 @@ def judge(
         ctx = ctx_of(span_id)
         attributes = record.attributes
         names[span_id] = record.name
+        if A.OP not in attributes and A.GEN_AI_OPERATION_NAME in attributes:  # a memory span?
+            attributes = genai_memory.observation_attributes(attributes) or attributes
         if A.OP in attributes:
             agent = ctx.agent or adapter.str_attr(attributes, A.GEN_AI_AGENT_NAME)
             obs = adapter.observation(
@@ -889,6 +1009,7 @@ __all__ = [
     "Finding",
     "FormatError",
     "PendingTrace",
+    "ReadStats",
     "SpanEvent",
     "SpanLink",
     "SpanRecord",
@@ -897,8 +1018,10 @@ __all__ = [
     "check_trace",
     "finding_attributes",
     "finding_json",
+    "json_reason",
     "json_values",
     "judge",
+    "open_input",
     "spans_from_json",
     "spans_from_otlp_json",
 ]
