@@ -7,10 +7,11 @@ go through the same code.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import attributes as A
 from .core.model import (
@@ -28,8 +29,39 @@ _log = logging.getLogger(__name__)
 
 # Spans that open an agent scope when they carry gen_ai.agent.* (GenAI conventions).
 AGENT_OPERATIONS = ("invoke_agent", "create_agent")
+TOOL_OPERATION = "execute_tool"
+# How other instrumentations name agents and tools (SPEC §3; NOTES.md says who does what).
+OPENINFERENCE_KIND = "openinference.span.kind"  # AGENT / TOOL, with `agent.name`
+TRACELOOP_KIND = "traceloop.span.kind"  # OpenLLMetry: agent / tool, `traceloop.entity.name`
+TRACELOOP_ENTITY = "traceloop.entity.name"
+AGENTOPS_KIND = "agentops.span.kind"  # agent, with `agent.name`
+AGENT_NAME = "agent.name"
+GEN_AI_PROVIDER = "gen_ai.provider.name"
 # LangGraph and similar frameworks name the node that runs; a hint when nothing else does.
-FRAMEWORK_AGENT_HINTS = ("langgraph.node", "graph.node.name")
+# (OpenLLMetry copies LangChain's run metadata into association properties; OpenInference
+# keeps it in one `metadata` JSON string, read only when it mentions the node.)
+FRAMEWORK_AGENT_HINTS = (
+    "langgraph.node",
+    "graph.node.name",
+    "traceloop.association.properties.langgraph_node",
+)
+METADATA = "metadata"
+_METADATA_NODE = "langgraph_node"
+# Every attribute that can make a span name an agent or open a scope of its own: a span with
+# none of them inherits its parent's attribution unchanged (the processor's fast path).
+NAMING_KEYS = (
+    A.GEN_AI_AGENT_NAME,
+    A.GEN_AI_AGENT_ID,
+    A.GEN_AI_OPERATION_NAME,
+    OPENINFERENCE_KIND,
+    TRACELOOP_KIND,
+    AGENTOPS_KIND,
+    A.SCOPE,
+    A.DECISION_INTENT,
+)
+HINT_KEYS = (*FRAMEWORK_AGENT_HINTS, METADATA)
+# Every attribute attribution reads: what `check` keeps of a span (besides ours).
+ATTRIBUTION_KEYS = (*NAMING_KEYS, *HINT_KEYS, AGENT_NAME, TRACELOOP_ENTITY, GEN_AI_PROVIDER)
 # Versions repeat (n:3 is n:3 on every span): parse each spelling once. Versions are immutable.
 _parse = lru_cache(maxsize=4096)(parse_version)
 _SCOPE_KINDS = {kind.value: kind for kind in ScopeKind}
@@ -42,36 +74,154 @@ def str_attr(attrs: Mapping[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def scope_kind(attrs: Mapping[str, Any]) -> ScopeKind | None:
-    """The scope a span opens: declared by our API, or an agent span by GenAI conventions."""
+def _lower(attrs: Mapping[str, Any], key: str) -> str | None:
+    value = attrs.get(key)
+    return value.lower() if isinstance(value, str) else None
+
+
+def is_graph_span(attrs: Mapping[str, Any]) -> bool:
+    """OpenLLMetry's LangGraph graph spans (`invoke_agent <graph>`, `<graph>.workflow`): it
+    names the graph as the agent, but a graph's agents are its nodes (as our own LangGraph
+    instrumentation and OpenInference have it), so these name no agent."""
+    return str_attr(attrs, GEN_AI_PROVIDER) == "langgraph" and (
+        str_attr(attrs, A.GEN_AI_OPERATION_NAME) in AGENT_OPERATIONS
+        or _lower(attrs, TRACELOOP_KIND) == "workflow"
+    )
+
+
+def convention_agent(attrs: Mapping[str, Any], span_name: str = "") -> str | None:
+    """The agent a span is the agent span of, by the OpenInference, OpenLLMetry or AgentOps
+    conventions; None when it is not one (or names nothing)."""
+    if _lower(attrs, OPENINFERENCE_KIND) == "agent":
+        # openai-agents sets `agent.name` only when the span ends; its span name is the
+        # agent's name from the start (and the same name offline, where both are there).
+        return str_attr(attrs, AGENT_NAME) or span_name or None
+    if _lower(attrs, TRACELOOP_KIND) == "agent" and not is_graph_span(attrs):
+        return str_attr(attrs, TRACELOOP_ENTITY) or str_attr(attrs, A.GEN_AI_AGENT_NAME)
+    if _lower(attrs, AGENTOPS_KIND) == "agent":
+        return str_attr(attrs, AGENT_NAME) or str_attr(attrs, A.GEN_AI_AGENT_NAME)
+    return None
+
+
+def is_tool(attrs: Mapping[str, Any]) -> bool:
+    """A tool call (SPEC §3: the agent acts): GenAI `execute_tool`, OpenInference TOOL,
+    OpenLLMetry tool spans."""
+    return (
+        str_attr(attrs, A.GEN_AI_OPERATION_NAME) == TOOL_OPERATION
+        or _lower(attrs, OPENINFERENCE_KIND) == "tool"
+        or _lower(attrs, TRACELOOP_KIND) == "tool"
+    )
+
+
+def scope_kind(attrs: Mapping[str, Any], span_name: str = "") -> ScopeKind | None:
+    """The scope a span opens: declared by our API, an agent span by any convention SPEC §3
+    lists, a decision (`agentstate.decision.intent`), or a tool call (a decision of its
+    agent)."""
     if A.SCOPE not in attrs and A.GEN_AI_OPERATION_NAME not in attrs and A.STORE in attrs:
         return None  # an observation span (the common case), as the branches below decide
     declared = str_attr(attrs, A.SCOPE)
     if declared is not None and declared in _SCOPE_KINDS:
         return _SCOPE_KINDS[declared]
+    if A.DECISION_INTENT in attrs:
+        return ScopeKind.DECISION
+    if A.STORE in attrs:
+        return None
+    if is_tool(attrs):
+        return ScopeKind.DECISION
+    if is_graph_span(attrs):
+        return None
     operation = str_attr(attrs, A.GEN_AI_OPERATION_NAME)
     if operation in AGENT_OPERATIONS and (
         A.GEN_AI_AGENT_NAME in attrs or A.GEN_AI_AGENT_ID in attrs
     ):
         return ScopeKind.AGENT
-    if operation is None and A.STORE not in attrs and A.GEN_AI_AGENT_NAME in attrs:
+    if convention_agent(attrs, span_name) is not None:
+        return ScopeKind.AGENT
+    if (
+        operation is None
+        and A.GEN_AI_AGENT_NAME in attrs
+        and not any(key in attrs for key in (OPENINFERENCE_KIND, TRACELOOP_KIND, AGENTOPS_KIND))
+    ):
         return ScopeKind.AGENT
     return None
 
 
-def agent_name(attrs: Mapping[str, Any]) -> str | None:
-    return str_attr(attrs, A.GEN_AI_AGENT_NAME) or str_attr(attrs, A.GEN_AI_AGENT_ID)
+def agent_name(attrs: Mapping[str, Any], span_name: str = "") -> str | None:
+    """The agent a span names, by any convention: an agent span's name, or `gen_ai.agent.name`
+    / `gen_ai.agent.id` on any span (`execute_tool`, `chat`, ...)."""
+    if is_graph_span(attrs):
+        return None
+    return (
+        convention_agent(attrs, span_name)
+        or str_attr(attrs, A.GEN_AI_AGENT_NAME)
+        or str_attr(attrs, A.GEN_AI_AGENT_ID)
+    )
 
 
 def framework_agent(attrs: Mapping[str, Any]) -> str | None:
-    return next(filter(None, (str_attr(attrs, k) for k in FRAMEWORK_AGENT_HINTS)), None)
+    """A framework's hint at the agent (a LangGraph node name), when nothing names one."""
+    hint = next(filter(None, (str_attr(attrs, k) for k in FRAMEWORK_AGENT_HINTS)), None)
+    if hint is not None:
+        return hint
+    metadata = attrs.get(METADATA)
+    if isinstance(metadata, str) and _METADATA_NODE in metadata:
+        try:
+            node = json.loads(metadata).get(_METADATA_NODE)
+        except (ValueError, AttributeError):
+            return None
+        return node if isinstance(node, str) and node else None
+    return None
+
+
+class Attribution(NamedTuple):
+    """What a span inherits: its agent and the scopes it sits in (SPEC §3)."""
+
+    agent: str | None = None
+    agent_scope: str | None = None  # span id of the agent span, if any
+    decision: str | None = None
+    mutation: str | None = None
+
+
+NO_ATTRIBUTION = Attribution()
+
+
+def attribute(
+    parent: Attribution,
+    attrs: Mapping[str, Any],
+    span_name: str,
+    span_id: str,
+    kind: ScopeKind | None,
+    baggage_agent: str | None = None,
+) -> Attribution:
+    """A span's attribution from its parent's (SPEC §3), first match wins: the nearest agent
+    scope, explicit `agent()` or any convention's agent span, or span that names an agent →
+    the `gen_ai.agent.name` baggage entry (live only) → a framework hint → None (the caller
+    falls back to `service.name`). The one rule the live processor and `check` share."""
+    agent, agent_scope, decision, mutation = parent
+    if kind == ScopeKind.AGENT:
+        agent = agent_name(attrs, span_name) or agent
+        agent_scope, decision, mutation = span_id, None, None
+    else:
+        named = agent_name(attrs, span_name)
+        if named is not None and named != agent:
+            # A tool or model span of another agent than the one around it (ADK makes the
+            # tool span current, not its agent span): that agent, with no agent span.
+            agent, agent_scope = named, None
+        if kind == ScopeKind.DECISION:
+            decision = span_id
+        elif kind == ScopeKind.MUTATION:
+            mutation = span_id
+    if agent is None:
+        agent = baggage_agent or framework_agent(attrs)
+    return Attribution(agent, agent_scope, decision, mutation)
 
 
 def scope_name(attrs: Mapping[str, Any], span_name: str) -> str:
     return (
         str_attr(attrs, A.MUTATION_NAME)
         or str_attr(attrs, A.DECISION_INTENT)
-        or agent_name(attrs)
+        or (span_name if is_tool(attrs) else None)  # a tool call is named after its tool
+        or agent_name(attrs, span_name)
         or span_name
     )
 

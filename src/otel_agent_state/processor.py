@@ -17,14 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from opentelemetry import metrics, trace
+from opentelemetry import baggage, metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from . import adapter, runtime
 from . import attributes as A
-from .adapter import FRAMEWORK_AGENT_HINTS as _FRAMEWORK_AGENT_HINTS
+from .adapter import HINT_KEYS as _HINT_KEYS
+from .adapter import NAMING_KEYS as _NAMING_KEYS
 from .adapter import anomaly_attributes
 from .core.config import Settings, get_settings
 from .core.ledger import Ledger, LedgerLimits
@@ -121,6 +122,12 @@ def _plain(span: ReadableSpan) -> Mapping[str, Any]:
     return dict(span.attributes or {})
 
 
+def _baggage_agent(parent_context: Context | None) -> str | None:
+    """The `gen_ai.agent.name` entry of the span's baggage (SPEC §3), if any."""
+    value = baggage.get_baggage(A.GEN_AI_AGENT_NAME, parent_context)
+    return value if isinstance(value, str) and value else None
+
+
 def _str(attrs: Mapping[str, Any], key: str) -> str | None:
     value = attrs.get(key)
     return value if isinstance(value, str) and value else None
@@ -208,7 +215,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         try:
-            self._on_start(span)
+            self._on_start(span, parent_context)
         except Exception:
             _log.debug("on_start failed", exc_info=True)
 
@@ -248,7 +255,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
 
     # ------------------------------------------------------------------ attribution
 
-    def _on_start(self, span: Span) -> None:
+    def _on_start(self, span: Span, parent_context: Context | None = None) -> None:
         if _is_ours(span):
             return
         context = _context(span)
@@ -257,12 +264,11 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         inherited = (
             self._open.get(parent.span_id) if parent is not None and not parent.is_remote else None
         )
-        scope_kind = self._scope_kind(attrs)
         if (
             inherited is not None
-            and scope_kind is None
             and A.STORE not in attrs
-            and (inherited.agent is not None or not attrs.keys() & _FRAMEWORK_AGENT_HINTS)
+            and not any(key in attrs for key in _NAMING_KEYS)
+            and (inherited.agent is not None or not any(key in attrs for key in _HINT_KEYS))
         ):
             # The common case, a plain span inside tracked work: it inherits all there is.
             # One dict store is atomic under the GIL; the sweep iterates over a snapshot.
@@ -271,26 +277,25 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             return
         trace_id = _hex_trace(context.trace_id)
         span_id = _hex_span(context.span_id)
-        agent = inherited.agent if inherited else None
-        agent_scope = inherited.agent_scope if inherited else None
-        decision = inherited.decision if inherited else None
-        mutation = inherited.mutation if inherited else None
-        if scope_kind == ScopeKind.AGENT:
-            agent = self._agent_name(attrs) or agent
-            agent_scope = span_id
-            decision = mutation = None
-        elif scope_kind == ScopeKind.DECISION:
-            decision = span_id
-        elif scope_kind == ScopeKind.MUTATION:
-            mutation = span_id
-        if agent is None:
-            agent = adapter.framework_agent(attrs)
+        scope_kind = self._scope_kind(attrs, span.name)
+        base = (
+            adapter.Attribution(
+                inherited.agent, inherited.agent_scope, inherited.decision, inherited.mutation
+            )
+            if inherited is not None
+            else adapter.NO_ATTRIBUTION
+        )
+        # Baggage (Pydantic AI puts the agent there; W3C baggage carries it across
+        # processes) ranks after every span that names an agent: look only when none did.
+        carried = _baggage_agent(parent_context) if base.agent is None else None
+        found = adapter.attribute(base, attrs, span.name, span_id, scope_kind, carried)
+        agent = found.agent
         ctx = _Ctx(
             trace_id=trace_id,
             agent=agent,
-            agent_scope=agent_scope,
-            decision=decision,
-            mutation=mutation,
+            agent_scope=found.agent_scope,
+            decision=found.decision,
+            mutation=found.mutation,
             parent=_hex_span(parent.span_id) if parent is not None else None,
             scope_kind=scope_kind,
             local_root=parent is None or parent.is_remote,
@@ -304,13 +309,16 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                     self._live[context.span_id] = span
         if A.STORE in attrs and A.GEN_AI_AGENT_NAME not in attrs:
             span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
-        if scope_kind is not None:
-            self._emit(
-                self._ledger.add_scope(self._scope(span, ctx, scope_kind, agent, end_ns=None))
-            )
+        if scope_kind is None:
+            return
+        if scope_kind == ScopeKind.DECISION:
+            # SPEC §3: a tool call or decision records what its agent had read so far, so
+            # every tool span is a decision trace with no code change.
+            actor = found.agent_scope or f"agent:{agent or self._service(span)}"
+            span.set_attribute(A.DECISION_INPUTS, self._ledger.reads_so_far(trace_id, actor))
+        self._emit(self._ledger.add_scope(self._scope(span, ctx, scope_kind, agent, end_ns=None)))
 
     _scope_kind = staticmethod(adapter.scope_kind)
-    _agent_name = staticmethod(adapter.agent_name)
 
     @staticmethod
     def _service(span: ReadableSpan) -> str:
@@ -432,16 +440,18 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         )
 
     def _fallback_ctx(self, span: ReadableSpan) -> _Ctx:
+        """The context of a span we did not see start: what its own attributes say."""
         attrs = _plain(span)
         parent = span.parent
-        kind = self._scope_kind(attrs)
+        kind = self._scope_kind(attrs, span.name)
         span_id = _hex_span(_context(span).span_id)
+        found = adapter.attribute(adapter.NO_ATTRIBUTION, attrs, span.name, span_id, kind)
         return _Ctx(
             trace_id=_hex_trace(_context(span).trace_id),
-            agent=self._agent_name(attrs),
-            agent_scope=span_id if kind == ScopeKind.AGENT else None,
-            decision=None,
-            mutation=None,
+            agent=found.agent,
+            agent_scope=found.agent_scope,
+            decision=found.decision,
+            mutation=found.mutation,
             parent=_hex_span(parent.span_id) if parent is not None else None,
             scope_kind=kind,
             local_root=parent is None or parent.is_remote,
