@@ -12,6 +12,8 @@ step() { echo "setup: $*"; }
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+# mysqlclient (extra `mysql`) builds from source where PyPI has no wheel for this platform.
+pkg-config --exists libmariadb 2>/dev/null || need+=(libmariadb-dev pkg-config)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
     step "installing Debian packages for the tests: ${need[*]}"
@@ -31,12 +33,14 @@ step "upgrading pip"
 # pip's own output is the progress: a few minutes on a fresh .venv.
 step "installing otel-agent-state with its dev and test extras"
 .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev]"
-# Contrib psycopg/psycopg2/asyncpg are published only at 0.66b1, whose metadata pins
+# Contrib psycopg/psycopg2/asyncpg/pymysql/mysqlclient are published only at 0.66b1, whose metadata pins
 # opentelemetry-instrumentation==0.66b1 (a conflict with our 0.66b2 pins). Their code runs
 # on 0.66b2, so the coexistence tests install them without their pins.
 step "installing contrib psycopg/psycopg2/asyncpg instrumentations (without their pins)"
 .venv/bin/python -m pip install --disable-pip-version-check --no-deps \
   opentelemetry-instrumentation-psycopg==0.66b1 \
   opentelemetry-instrumentation-psycopg2==0.66b1 \
-  opentelemetry-instrumentation-asyncpg==0.66b1
+  opentelemetry-instrumentation-asyncpg==0.66b1 \
+  opentelemetry-instrumentation-pymysql==0.66b1 \
+  opentelemetry-instrumentation-mysqlclient==0.66b1
 step "done"

@@ -31,6 +31,7 @@ POSTGRES_DSN = os.environ.get(
     "AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("AGENTSTATE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+MYSQL_DSN = os.environ.get("AGENTSTATE_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test")
 
 
 def fail_or_skip(message: str) -> None:
@@ -55,6 +56,18 @@ def postgres_dsn() -> str:
     except OSError as exc:
         service_missing("PostgreSQL at 127.0.0.1:5432", exc)
     return POSTGRES_DSN
+
+
+@pytest.fixture(scope="session")
+def mysql_dsn() -> str:
+    """DSN of the real MariaDB server (db `test`, root without a password)."""
+    import socket
+
+    try:
+        socket.create_connection(("127.0.0.1", 3306), timeout=2).close()
+    except OSError as exc:
+        service_missing("MariaDB at 127.0.0.1:3306", exc)
+    return MYSQL_DSN
 
 
 @pytest.fixture(scope="session")
