@@ -131,7 +131,9 @@ class H:
         decision: str | None = None,
         process: str = "p1",
         store: str = "unknown",
+        consistency: str | None = None,
     ) -> str:
+        """`consistency`: the model the span names (`agentstate.consistency`)."""
         return self._obs(
             agent,
             Op.READ,
@@ -142,6 +144,7 @@ class H:
             decision=decision,
             process=process,
             store=store,
+            consistency=consistency,
         )
 
     def write(
@@ -160,9 +163,11 @@ class H:
         fields: tuple[str, ...] | None = None,
         process: str = "p1",
         store: str = "unknown",
+        copy_of: str | None = None,
     ) -> str:
         """`fields`: a merge write (HSET, set_payload) of those fields, the others kept;
-        `applied`: the store applied it although the operation failed."""
+        `applied`: the store applied it although the operation failed; `copy_of`: the
+        recorded `agentstate.write.copy_of` ("" an original)."""
         return self._obs(
             agent,
             Op.DELETE if version == "none" else Op.WRITE,
@@ -177,6 +182,7 @@ class H:
             fields=fields,
             process=process,
             store=store,
+            copy_of=copy_of,
         )
 
     def read_write(
@@ -188,10 +194,17 @@ class H:
         t: tuple[int, int],
         *,
         scope: str | None = None,
+        process: str = "p1",
     ) -> str:
         """An atomic read-modify-write (INCR, UPDATE ... RETURNING): one span, both sides."""
         return self._obs(
-            agent, Op.READ_WRITE, t, reads=((fact, read),), writes=((fact, wrote),), scope=scope
+            agent,
+            Op.READ_WRITE,
+            t,
+            reads=((fact, read),),
+            writes=((fact, wrote),),
+            scope=scope,
+            process=process,
         )
 
     # ------------------------------------------------------------------ transactions
@@ -227,6 +240,8 @@ class H:
         fields: tuple[str, ...] | None = None,
         process: str = "p1",
         store: str = "unknown",
+        consistency: str | None = None,
+        copy_of: str | None = None,
     ) -> str:
         span_id = self._id()
         merged = None if fields is None else frozenset(fields)
@@ -250,6 +265,8 @@ class H:
                 failed=failed,
                 applied=applied,
                 process=process,
+                consistency=consistency,
+                copy_of=() if copy_of is None else (copy_of,),
             )
         )
         return span_id

@@ -227,10 +227,16 @@ def test_digest_read_of_a_superseded_or_initial_state_is_stale() -> None:
     h.write("a", "f", "h:aa", (1, 2))
     newest = h.write("b", "f", "h:bb", (3, 4))
     superseded = h.read("r", "f", "h:aa", (10, 11))
-    initial = h.read("r", "f", "h:0c", (12, 13))  # never written in the trace
+    h.read("r", "f", "h:0c", (12, 13))  # never written, never seen before a write: unplaced
     assert [shape(a) for a in detect_stale_reads(h.history())] == [
         (STALE, superseded, "f", "h:aa", "h:bb", ("r", "b"), (newest,), WARNING, 6.0),
-        (STALE, initial, "f", "h:0c", "h:bb", ("r", "b"), (newest,), WARNING, 10.0),
+    ]
+    # Seen before any write of this representation: the initial state (Elle), then stale.
+    h.read("r", "f", "h:0c", (0, 1))
+    initial = h.observations[-2].span_id
+    assert [shape(a)[:5] for a in detect_stale_reads(h.history())] == [
+        (STALE, superseded, "f", "h:aa", "h:bb"),
+        (STALE, initial, "f", "h:0c", "h:bb"),
     ]
 
 
@@ -317,9 +323,16 @@ def test_session_monotonic_reads_of_digests_follow_the_write_order() -> None:
     h.write("w", "f", "h:aa", (1, 2))
     h.write("w", "f", "h:bb", (3, 4))
     first = h.read("me", "f", "h:bb", (5, 6))
-    later = h.read("me", "f", "h:aa", (7, 8), tier="replica")
+    later = h.read("me", "f", "h:aa", (7, 8))
     [anomaly] = detect_stale_reads(h.history(), model("session"))
     assert shape(anomaly) == (STALE, later, "f", "h:aa", "h:bb", ("me",), (first,), WARNING, 1.0)
+    # A replica's digest is another representation: it proves nothing about the primary's.
+    h2 = H()
+    h2.write("w", "f", "h:aa", (1, 2))
+    h2.write("w", "f", "h:bb", (3, 4))
+    h2.read("me", "f", "h:bb", (5, 6))
+    h2.read("me", "f", "h:aa", (7, 8), tier="replica")
+    assert detect_stale_reads(h2.history(), model("session")) == []
 
 
 def test_session_another_agents_newer_write_does_not_make_a_read_stale() -> None:

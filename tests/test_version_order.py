@@ -201,7 +201,8 @@ def test_a_longer_cycle_leaves_writes_outside_it_ordered() -> None:
     h.read("s", F, A1, (10, 11), process="p2")
     h.write("s", F, A2, (12, 13), process="p2")
     h.write("p", F, A1, (20, 21), process="p1")
-    r = h.read("p", F, "h:00", (30, 31), process="p1")  # the initial state, never written
+    h.read("q", F, "h:00", (0, 0), process="p0")  # seen before any write: the initial state
+    r = h.read("p", F, "h:00", (30, 31), process="p1")
     order = _order(h)
     assert {w.version.text for w in order.contradicted()} == {A1, A2}
     # B1 is before everything by real time; the cycle does not change that.

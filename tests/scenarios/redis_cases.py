@@ -186,12 +186,24 @@ def stale_fill_after_pipelined_write(env: Env) -> None:
     client = _setup(env)
     with suppress_instrumentation():
         client.mset({"limit:9": "500", "limit_cache:9": "500"})
+    filler_read, raised = threading.Event(), threading.Event()
+
+    def slow_filler() -> None:
+        # One agent scope reads the primary and fills the cache (SPEC §5 "Copies"): paused in
+        # between, it puts back the value from before the write.
+        with agent("cache-filler"):
+            old = env.redis().get("limit:9")
+            filler_read.set()
+            raised.wait(10)
+            env.redis().set("limit_cache:9", old or b"")
+
+    def admin() -> None:
+        filler_read.wait(10)
+        _raise_limit(env.redis())
+        raised.set()
+
     with workflow("limits"):
-        with agent("cache-filler"):
-            old = client.get("limit:9")
-        _raise_limit(client)
-        with agent("cache-filler"):
-            client.set("limit_cache:9", old or b"")  # the race: a fill from before the write
+        _in_threads(slow_filler, admin)
         assert _limit_decision(client) == 500
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 
-from .config import Consistency
+from .config import Consistency, parse_consistency
 from .history import Actor, History, actor_key
 from .model import (
     NONE_VERSION,
@@ -29,6 +30,7 @@ from .model import (
     Write,
 )
 from .order import VersionOrder
+from .placement import Candidates, all_precede, candidates, pinned, precedes, writers
 
 ConsistencyOf = Callable[[str], Consistency]
 
@@ -75,7 +77,7 @@ def detect_stale_reads(
     for read in reads:
         if read.version.is_none and read.obs.tier == Tier.CACHE:
             continue  # a cache miss sends the agent to the primary
-        model = consistency_of(read.fact)
+        model = _span_model(read.obs.consistency) or consistency_of(read.fact)
         if model.kind == "eventual":
             continue
         if model.kind == "session":
@@ -85,6 +87,18 @@ def detect_stale_reads(
         if anomaly is not None:
             found.append(anomaly)
     return found
+
+
+@lru_cache(maxsize=64)
+def _span_model(text: str | None) -> Consistency | None:
+    """The model a span names in `agentstate.consistency` (offline equals online); None when
+    absent or not a model we know (the configuration's model applies then)."""
+    if not text:
+        return None
+    try:
+        return parse_consistency(text)
+    except ValueError:
+        return None
 
 
 def _realtime_violation(
@@ -120,11 +134,12 @@ def _realtime_violation(
             and (version.ordinal or 0) < (w.version.ordinal or 0)
         ]
     else:
-        # Equality-only versions: stale only if every write that could have produced the
-        # version read (none: the initial state) provably precedes a write committed before
-        # R; a concurrent write, or R's own pending one, may legitimately be what it saw.
-        order = history.order(read.fact, skew_ms)
-        missed = [w for w in before if order.supersedes(w, version)]
+        # Equality-only versions (digests, `none`): stale only if a write committed before R
+        # comes after everything R can have returned (placement.py); unplaced: nothing.
+        found = candidates(history, read)
+        if found is None:
+            return None
+        missed = [w for w in before if all(precedes(history, c, w, skew_ms) for c in found)]
     if not missed:
         return None
     latest = max(missed, key=lambda w: w.commit_ns or 0)
@@ -164,13 +179,12 @@ def _session_violation(
     """Read-your-writes and monotonic reads for the reading agent (Terry et al. 1994)."""
     agent = read.obs.agent
     start = read.obs.start_ns
-    order = history.order(read.fact, skew_ms)
-    bounds: list[tuple[Version, Observation, str]] = []
+    bounds: list[tuple[Version, Observation, str, Candidates | None]] = []
     for write in history.committed_writes(
         read.fact
     ):  # a write counts once committed (SPEC §5): not failed, open, rolled back
         if write.obs.agent == agent and write.commit_ns is not None and write.commit_ns <= start:
-            bounds.append((write.version, write.obs, "its own write"))
+            bounds.append((write.version, write.obs, "its own write", (write,)))
     for earlier in history.reads(read.fact):
         if (
             earlier.obs.agent == agent
@@ -178,10 +192,23 @@ def _session_violation(
             and earlier.obs.span_id != read.obs.span_id
             and not (earlier.obs.tier == Tier.CACHE and earlier.version.is_none)
         ):
-            bounds.append((earlier.version, earlier.obs, "an earlier read"))
-    for bound, source, what in bounds:
-        if not order.is_older(read.version, bound):
+            bounds.append((earlier.version, earlier.obs, "an earlier read", None))
+    mine: Candidates | None = None
+    for bound, source, what, bound_found in bounds:
+        if read.version.orderable_with(bound):
+            if not (read.version.ordinal or 0) < (bound.ordinal or 0):
+                continue
+        elif _unrelated(read.version, bound):
             continue
+        else:
+            if mine is None:
+                mine = candidates(history, read)
+                if mine is None:
+                    return None  # unplaced: proves nothing
+            if bound_found is None:
+                bound_found = candidates(history, Read(read.fact, bound, source))
+            if bound_found is None or not all_precede(history, mine, bound_found, skew_ms):
+                continue
         return Anomaly(
             kind=AnomalyKind.STALE_READ,
             trace_id=read.obs.trace_id,
@@ -202,6 +229,13 @@ def _session_violation(
             key=(AnomalyKind.STALE_READ, read.obs.span_id, read.fact),
         )
     return None
+
+
+def _unrelated(a: Version, b: Version) -> bool:
+    """An ordinal and a digest, or ordinals of two kinds: nothing orders them."""
+    if a.is_none or b.is_none:
+        return False  # absence is the initial state, or a delete: placed like any write
+    return a.ordinal is not None or b.ordinal is not None
 
 
 def _read_severity(obs: Observation) -> Severity:
@@ -228,11 +262,17 @@ def _is_miss(read: Read) -> bool:
     return read.obs.tier == Tier.CACHE and read.version.is_none
 
 
+def _atomic(read: Read) -> bool:
+    """The read of an atomic read-modify-write of the fact (INCR, CAS, UPDATE ... RETURNING):
+    the store applied the write to the version it read, so it is no view acted on later."""
+    return read.obs.op == Op.READ_WRITE and any(w.fact == read.fact for w in read.obs.writes)
+
+
 def _acted_on(history: History, fact: str) -> dict[str, Read]:
     """Per actor, its last read of `fact` that a later decision or write of its followed."""
     views: dict[str, Read] = {}
     for read in history.reads(fact):
-        if _is_miss(read):
+        if _is_miss(read) or _atomic(read):
             continue
         actor = history.actors.get(actor_key(read.obs))
         if actor is None or actor.last_act is None or read.obs.end_ns > actor.last_act:
@@ -259,8 +299,6 @@ def detect_divergent_views(
         views = _acted_on(history, fact)
         if len(views) < 2 or (focus is not None and not focus & views.keys()):
             continue
-        order = history.order(fact)
-        all_writes = history.writes(fact)
         keys = sorted(views)
         for i, key_a in enumerate(keys):
             for key_b in keys[i + 1 :]:
@@ -269,34 +307,41 @@ def detect_divergent_views(
                 a, b = history.actors[key_a], history.actors[key_b]
                 if a.agent == b.agent or not _overlap(a, b):
                     continue
-                anomaly = _divergence(fact, views[key_a], views[key_b], a, b, order, all_writes)
+                anomaly = _divergence(history, fact, views[key_a], views[key_b], a, b)
                 if anomaly is not None:
                     found.append(anomaly)
     return found
 
 
 def _divergence(
-    fact: str,
-    read_a: Read,
-    read_b: Read,
-    a: Actor,
-    b: Actor,
-    order: VersionOrder,
-    all_writes: list[Write],
+    history: History, fact: str, read_a: Read, read_b: Read, a: Actor, b: Actor
 ) -> Anomaly | None:
-    if read_a.version.same_as(read_b.version):
-        return None
-    if order.is_older(read_a.version, read_b.version):
-        older, newer = read_a, read_b
-    elif order.is_older(read_b.version, read_a.version):
-        older, newer = read_b, read_a
-    else:
+    """A divergence only when the trace proves which version is newer (SPEC §5)."""
+    va, vb = read_a.version, read_b.version
+    if va.orderable_with(vb):
+        if va.same_as(vb):
+            return None
         older, newer = (
-            (read_a, read_b) if read_a.obs.end_ns <= read_b.obs.end_ns else (read_b, read_a)
+            (read_a, read_b) if (va.ordinal or 0) < (vb.ordinal or 0) else (read_b, read_a)
         )
-    newer_writers = {w.obs.agent for w in all_writes if w.version.same_as(newer.version)}
-    if newer_writers & {a.agent, b.agent}:
+        newer_writers = {
+            w.obs.agent for w in history.writes(fact) if w.version.same_as(newer.version)
+        }
+    elif _unrelated(va, vb):
         return None
+    else:
+        found_a, found_b = candidates(history, read_a), candidates(history, read_b)
+        if found_a is None or found_b is None:
+            return None  # an unplaced digest is never one side of a divergence
+        if all_precede(history, found_a, found_b):
+            older, newer, newer_found = read_a, read_b, found_b
+        elif all_precede(history, found_b, found_a):
+            older, newer, newer_found = read_b, read_a, found_a
+        else:
+            return None  # the same version, or an order the trace does not prove
+        newer_writers = writers(newer_found)
+    if newer_writers & {a.agent, b.agent}:
+        return None  # a read-modify-write chain: the writer knows the version it wrote
     agents = _unique([older.obs.agent, newer.obs.agent])
     return Anomaly(
         kind=AnomalyKind.DIVERGENT_VIEW,
@@ -339,8 +384,18 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
         own = [r for r in reads[key] if r.obs.span_id == write.obs.span_id]
         index = bisect_right(ends[key], write.obs.start_ns) - 1
         basis = own[-1] if own else reads[key][index] if index >= 0 else None
-        if basis is not None:
-            groups.setdefault(basis.version.identity, []).append((write, basis))
+        if basis is None:
+            continue
+        if basis.version.ordinal is not None:
+            group = basis.version.identity
+        else:  # a digest is one version only when the trace pins it to one write
+            one = pinned(candidates(history, basis))
+            if one is None:
+                continue
+            if not isinstance(one, Write | str):
+                continue  # "some version before a delete" is no one version
+            group = "initial" if isinstance(one, str) else f"write:{one.obs.span_id}"
+        groups.setdefault(group, []).append((write, basis))
     return groups
 
 

@@ -16,7 +16,19 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain
 
-from .model import Observation, Op, Read, Scope, ScopeKind, Tier, TxnEnd, Version, Write
+from .model import (
+    Observation,
+    Op,
+    Read,
+    Scope,
+    ScopeKind,
+    Tier,
+    TxnEnd,
+    Version,
+    VersionError,
+    Write,
+    parse_version,
+)
 from .order import VersionOrder
 
 # Observations kept by span id per trace (for evidence look-ups); older ones are forgotten.
@@ -68,6 +80,9 @@ class History:
     actors: dict[str, Actor] = field(default_factory=dict)
     _facts: dict[str, _FactLog] = field(default_factory=dict)
     _writes_cache: dict[str, list[Write]] = field(default_factory=dict)
+    _all_writes_cache: dict[str, list[Write]] = field(default_factory=dict)
+    # Facts written outside the primary tier: a read of them can make a later write a copy.
+    _copy_tier_facts: set[str] = field(default_factory=set)
     _order_cache: dict[tuple[str, int], VersionOrder] = field(default_factory=dict)
     _reads_cache: dict[str, list[Read]] = field(default_factory=dict)
     _txn_facts: dict[str, set[str]] = field(default_factory=dict)
@@ -130,7 +145,10 @@ class History:
                 self._log(item.fact).reads.append(obs)
                 self._reads_cache.pop(item.fact, None)
                 unacted[item.fact] = None
-                if obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
+                if item.fact in self._copy_tier_facts:  # may make a write a copy
+                    self._all_writes_cache.pop(item.fact, None)
+                    self._writes_cache.pop(item.fact, None)
+                elif obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
                     cached = self._writes_cache.get(item.fact)
                     # Already known (a write outside the cache leads the list): no change.
                     if cached is not None and not (cached and cached[0].obs.tier != Tier.CACHE):
@@ -140,6 +158,9 @@ class History:
             if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op
                 log.writes.append(obs)
             self._writes_cache.pop(item.fact, None)
+            self._all_writes_cache.pop(item.fact, None)
+            if obs.tier != Tier.PRIMARY:
+                self._copy_tier_facts.add(item.fact)
             if obs.txn_id is not None:
                 self._txn_facts.setdefault(obs.txn_id, set()).add(item.fact)
         if obs.decision is not None and obs.reads:
@@ -197,6 +218,7 @@ class History:
         self._order_cache.clear()
         for fact in self._txn_facts.get(end.txn_id, ()):
             self._writes_cache.pop(fact, None)
+            self._all_writes_cache.pop(fact, None)
 
     def take_unacted_reads(self, actor: str) -> list[str]:
         """Facts `actor` read since this was last asked: the views its new act may change."""
@@ -216,11 +238,12 @@ class History:
         return list(self._decision_inputs.get(decision_span_id, {}))
 
     def writes(self, fact: str) -> list[Write]:
-        """Every write of `fact` with its commit time, in commit order (uncommitted last).
+        """The writes that made `fact`'s versions, with commit times, in commit order
+        (uncommitted last): every write but copies.
 
-        When the fact also lives in a non-cache tier, cache writes (fills, invalidations)
-        copy or drop versions rather than make them, so they are left out of its history.
-        Callers must not change the list.
+        A copy (cache fill, index sync, replica copy: see all_writes) reproduces a version
+        rather than makes one. When the fact also lives outside the cache, every cache write
+        (fill or invalidation) is left out too. Callers must not change the list.
         """
         cached = self._writes_cache.get(fact)
         if cached is not None:
@@ -228,19 +251,83 @@ class History:
         log = self._facts.get(fact)
         if log is None:
             return []
-        out: list[Write] = []
-        for obs in log.writes:
-            for item in obs.writes:
-                if item.fact == fact:
-                    out.append(self._write(fact, item.version, obs, item.fields))
+        every = self.all_writes(fact)
+        out = [w for w in every if w.copy_of is None]
         # Read or written outside the cache: cache fills and invalidations are copies.
-        if any(w.obs.tier != Tier.CACHE for w in out) or any(
+        if any(w.obs.tier != Tier.CACHE for w in every) or any(
             o.tier != Tier.CACHE for o in log.reads
         ):
             out = [w for w in out if w.obs.tier != Tier.CACHE]
-        out.sort(key=lambda w: (w.commit_ns is None, w.commit_ns or w.obs.end_ns))
         self._writes_cache[fact] = out
         return out
+
+    def all_writes(self, fact: str) -> list[Write]:
+        """Every write of `fact` in every representation, copies included, in commit order.
+
+        A cache-, index- or replica-tier write (of a digest) is a copy when the same actor
+        read the fact from another representation earlier, with no write of it by that actor
+        in between (SPEC §5 "Copies"): it carries that read's version as `copy_of`. A recorded
+        `agentstate.write.copy_of` wins over the derivation. Callers must not change the list.
+        """
+        cached = self._all_writes_cache.get(fact)
+        if cached is not None:
+            return cached
+        log = self._facts.get(fact)
+        if log is None:
+            return []
+        out: list[Write] = []
+        for obs in log.writes:
+            for i, item in enumerate(obs.writes):
+                if item.fact == fact:
+                    write = self._write(fact, item.version, obs, item.fields)
+                    if obs.tier != Tier.PRIMARY:
+                        self._place_copy(write, obs.copy_of[i] if i < len(obs.copy_of) else None)
+                    out.append(write)
+        out.sort(key=lambda w: (w.commit_ns is None, w.commit_ns or w.obs.end_ns))
+        self._all_writes_cache[fact] = out
+        return out
+
+    def _place_copy(self, write: Write, recorded: str | None) -> None:
+        """Set `copy_of`/`source` on a non-primary write that copies a version it read."""
+        if recorded is not None:  # the span said it: "" is an original write
+            if recorded:
+                try:
+                    write.copy_of = parse_version(recorded)
+                except VersionError:
+                    return
+                write.source = self._copied_read(write, write.copy_of)
+            return
+        if write.version.ordinal is not None or write.version.is_none:
+            return  # ordinals order by value; a delete copies nothing
+        write.source = self._copied_read(write, None)
+        if write.source is not None:
+            write.copy_of = write.source.version
+
+    def _copied_read(self, write: Write, version: Version | None) -> Read | None:
+        """The actor's latest read of the fact from another representation before `write`
+        began (of `version`, if given), with no write of the fact by the actor in between."""
+        obs = write.obs
+        key = actor_key(obs)
+        own_writes = [
+            o.end_ns
+            for o in self._facts[write.fact].writes
+            if o is not obs and actor_key(o) == key and o.end_ns <= obs.start_ns
+        ]
+        last_own = max(own_writes, default=-1)
+        found: Read | None = None
+        for read in self.reads(write.fact):
+            if read.obs.end_ns > obs.start_ns:
+                break
+            if (
+                actor_key(read.obs) != key
+                or read.obs.end_ns < last_own
+                or (read.obs.store, read.obs.tier) == (obs.store, obs.tier)
+                or read.version.is_none
+            ):
+                continue
+            if version is None or read.version.same_as(version):
+                found = read
+        return found
 
     def order(self, fact: str, skew_ms: int = 0) -> VersionOrder:
         """The version order of `fact`'s writes the trace proves (see order.py)."""

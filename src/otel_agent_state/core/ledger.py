@@ -42,6 +42,8 @@ from .model import (
     Write,
 )
 
+_MAX_IN_FLIGHT = 4_096  # open operations tracked per trace; more are not waited for
+
 
 @dataclass(frozen=True, slots=True)
 class LedgerLimits:
@@ -65,6 +67,7 @@ class TraceState:
         "_scopes",
         "checked",
         "dropped_facts",
+        "in_flight",
         "observations",
         "pending",
         "recheck_reads",
@@ -72,6 +75,7 @@ class TraceState:
         "reported",
         "touched",
         "trace_id",
+        "waiting",
         "wrote",
     )
 
@@ -91,6 +95,10 @@ class TraceState:
         self.recheck_writes: set[str] = set()
         self.recheck_reads: set[str] = set()
         self.wrote = False  # any write observation (or seeded write) at all
+        # Overlap (SPEC §5): operations begun and not yet ended (span id -> start), and stale
+        # verdicts waiting for the operations that began before their read ended.
+        self.in_flight: dict[str, int] = {}
+        self.waiting: list[tuple[Observation, set[str]]] = []
 
     @property
     def quiet(self) -> bool:
@@ -247,24 +255,20 @@ class Ledger:
             state.observations += 1
             self._observations += 1
             self._within_budget(state, out)
+            state.in_flight.pop(obs.span_id, None)
             if obs.reads:
                 checked = state.checked
                 for item in obs.reads:
                     checked.add(item.fact)
-                stale = detect_stale_reads(
-                    history,
-                    self._consistency_of,
-                    clock_skew_ms=self.limits.clock_skew_ms,
-                    only=[obs],
-                )
-                for anomaly in stale:
-                    if anomaly.key in state.reported:
-                        continue
-                    if anomaly.severity == Severity.ERROR:
-                        state.reported.add(anomaly.key)
-                        out.append(anomaly)
-                    else:
-                        state.pending.setdefault(actor_key(obs), []).append(anomaly)
+                blockers = {span for span, begun in state.in_flight.items() if begun < obs.end_ns}
+                if blockers:
+                    # An operation that began before the read ended may be the write it saw:
+                    # no verdict on an incomplete window (it comes when they have ended).
+                    state.waiting.append((obs, blockers))
+                else:
+                    self._judge_read(state, obs, out)
+            if state.waiting:
+                self._unblock(state, obs.span_id, out)
             if is_act(obs):
                 out.extend(self._acted(state, actor_key(obs)))
                 if obs.committed and _two_acted(history):
@@ -272,6 +276,27 @@ class Ledger:
                     out.extend(
                         self._fresh(state, detect_lost_updates(state.history, facts=written))
                     )
+        return out
+
+    def begin(self, trace_id: str, span_id: str, start_ns: int) -> list[Anomaly]:
+        """An operation that may write began (a store span started): reads that end before
+        it ends wait for it before their verdict (SPEC §5 "Overlap")."""
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._state(trace_id, out)
+            if len(state.in_flight) < _MAX_IN_FLIGHT:
+                state.in_flight[span_id] = start_ns
+        return out
+
+    def finished(self, trace_id: str, span_id: str) -> list[Anomaly]:
+        """An operation begun with begin() ended without an observation."""
+        out: list[Anomaly] = []
+        with self._lock:
+            state = self._traces.get(trace_id)
+            if state is None or state.in_flight.pop(span_id, None) is None:
+                return out
+            if state.waiting:
+                self._unblock(state, span_id, out)
         return out
 
     def add_txn_end(self, end: TxnEnd) -> list[Anomaly]:
@@ -292,6 +317,8 @@ class Ledger:
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(obs.trace_id, out)
+            if any(span != obs.span_id for span in state.in_flight):
+                return out  # a write in flight may be what it returns: judged at its end
             stale = detect_stale_reads(
                 _with(state.history, obs),
                 self._consistency_of,
@@ -388,6 +415,37 @@ class Ledger:
             self._evicted += 1
             out.extend(self._close(trace_id))
 
+    def _judge_read(self, state: TraceState, obs: Observation, out: list[Anomaly]) -> None:
+        """The stale-read verdict on a read whose window is complete."""
+        stale = detect_stale_reads(
+            state.history,
+            self._consistency_of,
+            clock_skew_ms=self.limits.clock_skew_ms,
+            only=[obs],
+        )
+        for anomaly in stale:
+            if anomaly.key in state.reported:
+                continue
+            if anomaly.severity == Severity.ERROR or _acted_after(state.history, anomaly):
+                state.reported.add(anomaly.key)
+                out.append(anomaly.with_severity(Severity.ERROR))
+            else:
+                state.pending.setdefault(actor_key(obs), []).append(anomaly)
+
+    def _unblock(self, state: TraceState, ended: str, out: list[Anomaly]) -> None:
+        """`ended` ended: judge the reads that waited for it and nothing else."""
+        still: list[tuple[Observation, set[str]]] = []
+        ready: list[Observation] = []
+        for read, blockers in state.waiting:
+            blockers.discard(ended)
+            if blockers:
+                still.append((read, blockers))
+            else:
+                ready.append(read)
+        state.waiting = still
+        for read in ready:
+            self._judge_read(state, read, out)
+
     def _acted(self, state: TraceState, actor: str) -> list[Anomaly]:
         out = self._flush_pending(state, actor, Severity.ERROR)
         facts = state.history.take_unacted_reads(actor)
@@ -407,6 +465,11 @@ class Ledger:
         if state.quiet:
             return out  # scopes alone: every detector needs observations
         history = state.history
+        # The trace closed: the wait is over (operations that never ended never will).
+        waiting, state.waiting = state.waiting, []
+        state.in_flight.clear()
+        for read, _ in waiting:
+            self._judge_read(state, read, out)
         for actor in list(state.pending):
             out.extend(self._flush_pending(state, actor, Severity.WARNING))
         # Reads whose newer write ended on another thread just after them are caught here.

@@ -185,6 +185,13 @@ class Observation:
     applied: bool = False
     process: str = ""  # where the span was made; clock skew applies across processes
     fact_rules: tuple[str, ...] = ()  # rule name per fact (reads then writes), for metrics
+    # `agentstate.consistency` on the span: the model its reads are judged under (SPEC §5
+    # "offline equals online"); None: the configuration's model for the fact.
+    consistency: str | None = None
+    # `agentstate.write.copy_of`, parallel to `writes`: the version of the same logical fact a
+    # copy (cache fill, index sync) came from; "" for an original write. Empty: not recorded
+    # (the history derives copies from the agent's own reads, see History.all_writes).
+    copy_of: tuple[str, ...] = ()
 
     @property
     def writes_void(self) -> bool:
@@ -261,6 +268,10 @@ class Write:
     effective_ns: int | None = None
     # The fields it merged into the stored value (None: it replaced the whole value).
     fields: frozenset[str] | None = None
+    # A copy (cache fill, index sync, replica copy) of `copy_of`, a version of the same
+    # logical fact from another representation; `source` is the read it copied, when known.
+    copy_of: Version | None = None
+    source: Read | None = None
 
     @property
     def committed(self) -> bool:

@@ -76,6 +76,10 @@ class VersionOrder:
             return False
         return bool((self._pred[b] >> a) & 1)
 
+    def ordered(self, i: int) -> bool:
+        """Write `i` is not on a contradiction (those support no finding at all)."""
+        return not (self._cyclic >> i) & 1
+
     def sources(self, version: Version) -> list[int]:
         """The writes that produced `version` (empty: the initial state, or not in the trace)."""
         return self._by_version.get(version.identity, [])
