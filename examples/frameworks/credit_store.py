@@ -1,0 +1,146 @@
+"""The stores and the tool bodies of the credit workflow every framework example runs.
+
+Two agents work on customer 42 at the same time, in one trace:
+
+- `scorer` reads the customer's credit limit, then rescores: it writes the new score to
+  PostgreSQL and raises the limit it read;
+- `risk` reads the limit too, waits for the new score, reads the score through the Redis
+  cache, and cuts the limit it read.
+
+In the buggy run (`stale`) the scorer forgets to invalidate the cache, so the risk agent
+acts on the old score (a stale read), and both agents write a limit computed from the same
+read (a lost update). In the correct twin (`correct`) the scorer deletes the cached score
+and the risk agent reads the limit again before it writes: nothing to report.
+
+Only the stores' own clients and the OpenTelemetry API (for the workflow's root span) are
+used here: otel-agent-state instruments them from the outside.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import psycopg
+import redis
+
+CUSTOMER = 42
+PREFIX = os.environ.get("CREDIT_PREFIX", "credit")
+SCORES = f"{PREFIX}_scores"
+LIMITS = f"{PREFIX}_limits"
+CACHE_PREFIX = f"{PREFIX}:credit_score:"
+CACHE_KEY = f"{CACHE_PREFIX}{CUSTOMER}"
+PG_DSN = os.environ.get("CREDIT_PG", "host=127.0.0.1 user=postgres dbname=test")
+REDIS_URL = os.environ.get("CREDIT_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def _pg() -> psycopg.Connection[Any]:
+    return psycopg.connect(PG_DSN, autocommit=True)
+
+
+def _cache() -> redis.Redis:
+    return redis.Redis.from_url(REDIS_URL)
+
+
+def reset() -> None:
+    """Fresh tables and a cached score (score 680 at version 1), before the workflow."""
+    with _pg() as conn:
+        for table, column, value in ((SCORES, "score", 680), (LIMITS, "credit_limit", 1000)):
+            conn.execute(f"DROP TABLE IF EXISTS {table}")
+            conn.execute(
+                f"CREATE TABLE {table} (customer_id int PRIMARY KEY, {column} int, version int)"
+            )
+            conn.execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (CUSTOMER, value))
+    _cache().set(CACHE_KEY, json.dumps({"score": 680, "version": 1}))
+
+
+class Workflow:
+    """The tools of both agents, synchronised so the interleaving is always the same."""
+
+    def __init__(self, correct: bool) -> None:
+        self.correct = correct
+        self._read = 0
+        self._both_read = asyncio.Event()
+        self._scored = asyncio.Event()
+        self.limits: dict[str, int] = {}
+
+    async def read_limit(self, agent: str) -> str:
+        """Either agent: read the customer's limit, then wait until both have read it."""
+        with _pg() as conn:
+            row = conn.execute(
+                f"SELECT credit_limit, version FROM {LIMITS} WHERE customer_id = %s", (CUSTOMER,)
+            ).fetchone()
+        assert row is not None
+        self.limits[agent] = row[0]
+        self._read += 1
+        if self._read == 2:
+            self._both_read.set()
+        await self._both_read.wait()
+        return f"limit {row[0]}"
+
+    async def rescore(self) -> str:
+        """The scorer: a new score, and a higher limit from the one it read."""
+        with _pg() as conn:
+            conn.execute(
+                f"UPDATE {SCORES} SET score = %s, version = version + 1 WHERE customer_id = %s",
+                (750, CUSTOMER),
+            )
+            if self.correct:
+                _cache().delete(CACHE_KEY)
+            conn.execute(
+                f"UPDATE {LIMITS} SET credit_limit = %s, version = version + 1"
+                " WHERE customer_id = %s",
+                (self.limits["scorer"] + 500, CUSTOMER),
+            )
+        self._scored.set()
+        return "score 750"
+
+    async def assess(self) -> str:
+        """The risk agent: the score through the cache, and a lower limit."""
+        await self._scored.wait()
+        cached = _cache().get(CACHE_KEY)
+        with _pg() as conn:
+            if cached is not None:
+                score = int(json.loads(cached)["score"])
+            else:
+                row = conn.execute(
+                    f"SELECT score, version FROM {SCORES} WHERE customer_id = %s", (CUSTOMER,)
+                ).fetchone()
+                assert row is not None
+                score = row[0]
+            limit = self.limits["risk"]
+            if self.correct:  # read the limit again: the scorer may have changed it
+                row = conn.execute(
+                    f"SELECT credit_limit, version FROM {LIMITS} WHERE customer_id = %s",
+                    (CUSTOMER,),
+                ).fetchone()
+                assert row is not None
+                limit = row[0]
+            new_limit = limit - 200 if score < 700 else limit
+            conn.execute(
+                f"UPDATE {LIMITS} SET credit_limit = %s, version = version + 1"
+                " WHERE customer_id = %s",
+                (new_limit, CUSTOMER),
+            )
+        print(f"risk saw score {score}, set limit {new_limit}", flush=True)
+        return f"score {score}, limit {new_limit}"
+
+
+def facts_toml() -> str:
+    """The fact rule that makes the cached score and the row one fact (README)."""
+    return f"""[[facts]]
+name = "credit_score"
+keys = ["postgresql:*/{SCORES}/{{customer_id}}", "redis:*/{CACHE_PREFIX}{{customer_id}}"]
+version = {{ column = "version", json_field = "version" }}
+
+[[facts]]
+name = "credit_limit"
+keys = ["postgresql:*/{LIMITS}/{{customer_id}}"]
+version = {{ column = "version" }}
+"""
+
+
+if __name__ == "__main__":
+    print(facts_toml(), end="")
