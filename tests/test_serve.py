@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import grpc
 import pytest
 from google.protobuf.json_format import MessageToDict
 from google.rpc.status_pb2 import Status
@@ -116,9 +117,10 @@ class Running:
         max_body = buffer_args.pop("max_body", 1 << 20)
         self.buffer = TraceBuffer(**{"idle_ms": 100, **buffer_args})
         self.reporter = Reporter(sink.endpoint, metric_interval_ms=100)
-        self.receiver = Receiver(self.buffer, self.reporter, port=0, max_body=max_body)
+        self.receiver = Receiver(self.buffer, self.reporter, port=0, max_body=max_body, grpc_port=0)
         self.receiver.start()
         self.url = self.receiver.url
+        self.grpc = self.receiver.grpc_address
 
 
 @pytest.fixture
@@ -379,3 +381,69 @@ def test_real_exporter_with_gzip_compression(running: Running, sink: Sink) -> No
     exporter.shutdown()
     [anomaly] = sink.wait_for(sink.anomaly_spans)
     assert attrs(anomaly.attributes)["agentstate.anomaly.observed_version"] == "n:1"
+
+
+# ---------------------------------------------------------------------- OTLP/gRPC
+
+EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def test_real_grpc_exporter_with_gzip_compression(running: Running, sink: Sink) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from otel_agent_state.serve import DEFAULT_GRPC_PORT, DEFAULT_PORT
+
+    assert (DEFAULT_GRPC_PORT, DEFAULT_PORT) == (4317, 4318)  # as the Collector listens
+    planner, analyst = _stale_trace()
+    exporter = OTLPSpanExporter(
+        endpoint=f"http://{running.grpc}", insecure=True, compression=grpc.Compression.Gzip
+    )
+    assert exporter.export(planner) == SpanExportResult.SUCCESS
+    assert exporter.export(analyst) == SpanExportResult.SUCCESS
+    exporter.shutdown()
+    [anomaly] = sink.wait_for(sink.anomaly_spans)
+    assert attrs(anomaly.attributes)["agentstate.anomaly.observed_version"] == "n:1"
+
+
+def test_grpc_bad_requests_and_partial_success(sink: Sink) -> None:
+    made = Running(sink, max_spans_per_trace=3)
+    try:
+        with grpc.insecure_channel(made.grpc) as channel:
+            export = channel.unary_unary(EXPORT)
+            with pytest.raises(grpc.RpcError) as refused:
+                export(b"\xff\xff not protobuf", timeout=10)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "not a protobuf ExportTraceServiceRequest" in refused.value.details()
+            planner, analyst = _stale_trace()
+            body = export(_protobuf(planner + analyst), timeout=10)
+        response = ExportTraceServiceResponse.FromString(body)
+        assert response.partial_success.rejected_spans == len(planner + analyst) - 3
+        assert "--max-spans-per-trace" in response.partial_success.error_message
+    finally:
+        made.receiver.stop()
+
+
+def test_a_grpc_exporter_on_the_http_port_is_told_where_to_go(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    port = running.url.split(":")[2].split("/")[0]
+    exporter = OTLPSpanExporter(endpoint=f"http://127.0.0.1:{port}", insecure=True, timeout=2)
+    with caplog.at_level(logging.WARNING, logger="otel_agent_state.serve"):
+        exporter.export(_stale_trace()[0])
+        exporter.shutdown()
+    [hint] = [r.getMessage() for r in caplog.records if "OTLP/gRPC exporter" in r.getMessage()]
+    assert f"point it at the gRPC port ({running.grpc})" in hint
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf" in hint
+
+
+def test_a_busy_grpc_port_is_an_error_not_a_shared_port(sink: Sink) -> None:
+    made = Running(sink)
+    try:
+        port = int(made.grpc.rsplit(":", 1)[1])
+        with pytest.raises(OSError):
+            Receiver(TraceBuffer(), made.reporter, port=0, grpc_port=port)
+    finally:
+        made.receiver.stop()

@@ -37,6 +37,8 @@ class Serve:
                 "serve",
                 "--port",
                 "0",
+                "--grpc-port",
+                "0",
                 "--otlp-endpoint",
                 sink.endpoint,
                 "--metric-interval-ms",
@@ -54,8 +56,9 @@ class Serve:
             self.log.append(line)
             if "listening on " in line:
                 self.endpoint = (
-                    line.split("listening on ")[1].split(";")[0].removesuffix("/v1/traces")
+                    line.split("listening on ")[1].split(" ")[0].removesuffix("/v1/traces")
                 )
+                self.grpc = "http://" + line.split("OTLP/gRPC on ")[1].split(";")[0]
                 return
         self.proc.wait(timeout=30)
         pytest.fail("serve did not start: " + "".join(self.log))
@@ -174,7 +177,7 @@ def test_a_signal_judges_pending_traces_and_flushes(sink: Sink, how: signal.Sign
     [anomaly] = sink.anomaly_spans()
     assert anomaly.parent_span_id.hex() == ids["read"]
     assert '"kind": "stale_read"' in out  # --print: the check report's JSON, one line each
-    assert "1 anomalies" in log
+    assert "1 anomaly reported" in log
 
 
 def test_serve_refuses_to_start_without_an_endpoint() -> None:
@@ -235,3 +238,91 @@ def test_serve_finds_the_zero_code_two_process_stale_read(sink: Sink, tmp_path: 
         "n:1",
     )
     assert a["agentstate.anomaly.agents"] == ["analyst", "planner"]
+
+
+def test_serve_takes_otlp_grpc_from_the_sdk_exporter_in_other_processes(
+    sink: Sink, tmp_path: Path
+) -> None:
+    """The SDK's OTLP exporter speaks gRPC by default: with only the endpoint set (as
+    `serve --help` says) the zero-code planner and agent service export to serve's gRPC
+    port, and serve finds the stale read across them."""
+    from .test_propagator_processes import APPS as PROPAGATOR_APPS
+    from .test_propagator_processes import _run_pair
+
+    rules = str(PROPAGATOR_APPS / "frontier_facts.toml")
+    serve = Serve(sink, "--trace-idle-ms", "300", env={"OTEL_AGENTSTATE_CONFIG": rules})
+    try:
+        export = {
+            "OTEL_PROPAGATORS": "tracecontext,baggage",
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": serve.grpc,  # no protocol: grpc
+        }
+        _, _, trace_id = _run_pair(
+            tmp_path, read_from="replica", service_env=export, planner_env=export
+        )
+        found = sink.wait_for(sink.anomaly_spans)
+        code, _, log = serve.stop()
+    finally:
+        serve.kill()
+    assert code == 0, log
+    [anomaly] = found
+    assert anomaly.trace_id.hex() == trace_id
+    a = attrs(anomaly.attributes)
+    assert (a["agentstate.anomaly.kind"], a["agentstate.anomaly.fact"]) == (
+        "stale_read",
+        "credit_score/42",
+    )
+    assert "OTLP/gRPC on 127.0.0.1:" in log
+
+
+def test_serve_print_says_when_the_application_already_reported_its_findings(
+    sink: Sink, tmp_path: Path
+) -> None:
+    """A single-process application under the launcher finds its stale read itself and
+    exports the anomaly span; serve --print prints nothing for it, and says why at start
+    and in its periodic and final summaries."""
+    root = Path(__file__).resolve().parent.parent
+    serve = Serve(sink, "--trace-idle-ms", "200", "--print", "--summary-interval-s", "1")
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "AGENTSTATE_"))}
+        env.update(
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_METRICS_EXPORTER="none",
+            OTEL_LOGS_EXPORTER="none",
+            OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=serve.grpc,
+            OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="sqlalchemy",
+            OTEL_AGENTSTATE_CONFIG=str(root / "examples" / "credit_facts.toml"),
+        )
+        app = subprocess.run(
+            [
+                str(COMMAND.with_name("opentelemetry-instrument")),
+                "--service_name",
+                "agents",
+                sys.executable,
+                str(root / "examples" / "credit_agents_sqlite.py"),
+                str(tmp_path / "app.db"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert app.returncode == 0, app.stderr
+        assert serve.proc.stderr is not None
+        for line in serve.proc.stderr:  # the periodic summary, once the trace was judged
+            serve.log.append(line)
+            if "already reported live" in line:
+                break
+        code, out, log = serve.stop()
+    finally:
+        serve.kill()
+    assert code == 0, log
+    assert out == ""  # nothing new to print ...
+    assert "--print: anomalies that need spans of several processes are printed" in log
+    periodic, stopped = [line for line in log.splitlines() if "already reported live" in line]
+    for line in (periodic, stopped):
+        assert "0 anomalies reported" in line
+        assert "1 anomaly found that the exporting application's own otel-agent-state " in line
+        assert "(not printed again)" in line
+    assert "stopped: " in stopped and "stopped: " not in periodic

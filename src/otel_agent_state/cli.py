@@ -190,8 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
     serve = commands.add_parser(
         "serve",
-        help="OTLP/HTTP receiver that runs the detectors across processes",
-        description="An OTLP/HTTP receiver that groups spans into traces, runs the detectors "
+        help="OTLP receiver (gRPC :4317, HTTP :4318) that runs the detectors across processes",
+        description="An OTLP receiver that groups spans into traces, runs the detectors "
         "across processes and re-exports anomaly spans and metrics over OTLP.",
     )
     try:

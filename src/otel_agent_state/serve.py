@@ -1,6 +1,7 @@
-"""`otel-agent-state serve`: an OTLP/HTTP trace receiver that judges whole traces.
+"""`otel-agent-state serve`: an OTLP trace receiver that judges whole traces.
 
-Services export their spans here (protobuf or JSON, optionally gzip, on `/v1/traces`).
+Services export their spans here: OTLP/gRPC (port 4317, `serve_grpc`) or OTLP/HTTP
+(port 4318; protobuf or JSON, optionally gzip, on `/v1/traces`).
 Spans are grouped by trace; a trace is judged when no span of it arrived for
 `--trace-idle-ms`, with the same detectors as the live processor but over every process
 of the trace. Each finding is re-exported over OTLP as an anomaly span (SPEC §4: a child
@@ -35,6 +36,7 @@ from types import FrameType
 from typing import Any
 
 from . import attributes as A
+from . import serve_grpc
 from .offline import (
     FormatError,
     SpanEvent,
@@ -54,6 +56,7 @@ TRACES_PATH = "/v1/traces"
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 DEFAULT_PORT = 4318
+DEFAULT_GRPC_PORT = serve_grpc.DEFAULT_GRPC_PORT
 DEFAULT_IDLE_MS = 5_000
 DEFAULT_MAX_TRACES = 10_000
 DEFAULT_MAX_SPANS_PER_TRACE = 10_000
@@ -67,14 +70,21 @@ and re-export the anomalies over OTLP: spans named 'agentstate.anomaly <kind>' (
 of the offending span, linked to the evidence) and the metrics agentstate.anomalies,
 agentstate.stale_read.lag and agentstate.observations.
 
-Point the services' exporters (or a collector) at it:
+Point the services' exporters (or a collector) at it, as at a Collector: OTLP/gRPC on
+port 4317 (the SDK exporter's default protocol), OTLP/HTTP on 4318:
 
-    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://HOST:4318/v1/traces
+    OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317
+    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318
 
-Accepts application/x-protobuf and application/json bodies, gzip or not, on /v1/traces.
+OTLP/HTTP takes application/x-protobuf and application/json bodies, gzip or not, on
+/v1/traces; OTLP/gRPC the TraceService Export call, compressed or not.
 A trace is judged once no span of it arrived for --trace-idle-ms. Fact rules and the
 consistency model come from OTEL_AGENTSTATE_CONFIG / OTEL_AGENTSTATE_* as in the
 application; set OTEL_AGENTSTATE_CLOCK_SKEW_MS to the clock skew between your hosts.
+
+An application that runs otel-agent-state's processor itself (opentelemetry-instrument)
+already exports the findings it can make alone; serve adds, re-exports and --prints only
+what needs spans of several processes, and its summary lines count the others.
 
 Scale out with several replicas behind the OTel Collector's loadbalancing exporter
 (routing_key: traceID): see collector-config/ and docs/across-processes.md.
@@ -186,6 +196,12 @@ class _TooLarge(Exception):
     pass
 
 
+def _rejected_message(rejected: int) -> str:
+    if not rejected:
+        return ""
+    return f"{rejected} spans dropped: their trace is over --max-spans-per-trace"
+
+
 # ---------------------------------------------------------------------- grouping traces
 
 
@@ -214,6 +230,9 @@ class BufferStats:
     judged_traces: int = 0
     revived_traces: int = 0
     anomalies: int = 0
+    # Findings the exporting process had already reported itself (its own span processor
+    # exported the anomaly span live): not reported, printed or counted again.
+    already_live: int = 0
 
 
 class TraceBuffer:
@@ -402,11 +421,12 @@ class Reporter:
         pending: PendingTrace,
         records: list[SpanRecord],
         parents: dict[str, tuple[str | None, str]],
-    ) -> int:
+    ) -> tuple[int, int]:
         """Judge one trace and report what it shows that was not reported before; returns
-        the number of new findings. Calls for one trace must not overlap."""
+        the number of new findings, and of those the exporting process had already reported
+        live. Calls for one trace must not overlap."""
         if not records:
-            return 0
+            return 0, 0
         view = judge(pending.trace_id, records, parents, self.settings)
         for obs in view.observations:
             if obs.span_id in pending.counted:
@@ -416,13 +436,14 @@ class Reporter:
                 1, {"op": obs.op.value, "store": obs.store, "tier": obs.tier.value}
             )
         ends = {r.span_id: r.end_ns for r in records}
-        new = 0
+        new = live = 0
         for finding in view.findings:
             key = finding.key or (finding.kind, finding.span_id, finding.fact)
             if key in pending.reported:
                 continue
             if (finding.kind.value, finding.span_id, finding.fact) in pending.known:
                 pending.reported.add(key)
+                live += 1
                 continue
             pending.reported.add(key)
             new += 1
@@ -430,7 +451,7 @@ class Reporter:
                 self.report(finding, ends.get(finding.span_id))
             except Exception:
                 _log.exception("reporting a %s finding failed", finding.kind.value)
-        return new
+        return new, live
 
     def report(self, finding: Any, at_ns: int | None) -> None:
         from opentelemetry import trace
@@ -485,6 +506,28 @@ class Reporter:
         self.meter_provider.shutdown()  # exports the metrics one last time
 
 
+def summary(stats: BufferStats, printing: bool = False) -> str:
+    """One line on what was received and found (logged periodically and at stop)."""
+    line = (
+        f"{_n(stats.spans, 'span')}, {_n(stats.judged_traces, 'trace')} judged, "
+        f"{_n(stats.anomalies, 'anomaly', 'anomalies')} reported, "
+        f"{_n(stats.dropped_traces, 'trace')} and {_n(stats.dropped_spans, 'span')} dropped"
+    )
+    if stats.already_live:
+        # A single-process application with our processor finds everything itself: say
+        # so, or an empty --print looks like serve is not working.
+        line += (
+            f"; {_n(stats.already_live, 'anomaly', 'anomalies')} found that the exporting "
+            "application's own otel-agent-state processor had already reported live "
+            + ("(not printed again)" if printing else "(not re-exported)")
+        )
+    return line
+
+
+def _n(count: int, one: str, many: str = "") -> str:
+    return f"{count} {one if count == 1 else many or one + 's'}"
+
+
 # ---------------------------------------------------------------------- the server
 
 
@@ -499,15 +542,32 @@ class Receiver:
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         max_body: int = DEFAULT_MAX_BODY,
+        grpc_port: int | None = None,
+        summary_interval_s: float = 0.0,
     ) -> None:
+        """`grpc_port`: also take OTLP/gRPC there (0: any free port; None: not at all).
+        `summary_interval_s`: log a summary line that often when traces were judged."""
         self.buffer = buffer
         self.reporter = reporter
         self.max_body = max_body
+        self.summary_interval_s = summary_interval_s
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._judge_lock = threading.Lock()
+        self.grpc_on_http_port = 0
         self.server = ThreadingHTTPServer((host, port), _handler(self))
         self.server.daemon_threads = True
+        self.grpc: Any = None
+        if grpc_port is not None:
+            from .serve_grpc import GrpcReceiver
+
+            try:
+                self.grpc = GrpcReceiver(
+                    self.accept_protobuf, host=host, port=grpc_port, max_body=max_body
+                )
+            except BaseException:
+                self.server.server_close()
+                raise
         self._sweeper = threading.Thread(target=self._sweep, name="agentstate-sweep", daemon=True)
         self._serving = threading.Thread(
             target=self.server.serve_forever, name="agentstate-http", daemon=True
@@ -518,26 +578,45 @@ class Receiver:
         host, port = self.server.server_address[:2]
         return f"http://{host!s}:{port}{TRACES_PATH}"
 
+    @property
+    def grpc_address(self) -> str | None:
+        return self.grpc.address if self.grpc is not None else None
+
+    def accept_protobuf(self, body: bytes) -> tuple[int, str]:
+        """Take one protobuf ExportTraceServiceRequest (an OTLP/gRPC request); returns the
+        spans refused and why. FormatError when the request is bad."""
+        rejected = self.buffer.add(list(spans_from_protobuf(body)))
+        return rejected, _rejected_message(rejected)
+
     def start(self) -> None:
         self._serving.start()
+        if self.grpc is not None:
+            self.grpc.start()
         self._sweeper.start()
 
     def _sweep(self) -> None:
         interval = min(max(self.buffer.idle_s / 4, 0.05), 1.0)
+        last, judged = time.monotonic(), self.buffer.stats.judged_traces
         while not self._stop.wait(interval):
             self._judge(self.buffer.take_idle())
+            now = time.monotonic()
+            due = self.summary_interval_s and now - last >= self.summary_interval_s
+            if due and self.buffer.stats.judged_traces != judged:
+                last, judged = now, self.buffer.stats.judged_traces
+                _log.info("%s", summary(self.buffer.stats, self.reporter.echo))
 
     def _judge(self, traces: list[PendingTrace]) -> None:
         with self._judge_lock:
             for pending in traces:
                 try:
                     records, parents = self.buffer.snapshot(pending)
-                    found = self.reporter.judge(pending, records, parents)
+                    found, live = self.reporter.judge(pending, records, parents)
                 except Exception:
                     _log.exception("judging trace %s failed", pending.trace_id)
                     continue
                 self.buffer.stats.judged_traces += 1
                 self.buffer.stats.anomalies += found
+                self.buffer.stats.already_live += live
 
     def stop(self) -> None:
         """Stop receiving, judge every pending trace, flush the exporters."""
@@ -546,6 +625,8 @@ class Receiver:
         self._stop.set()
         self.server.shutdown()
         self.server.server_close()
+        if self.grpc is not None:
+            self.grpc.stop()
         self._sweeper.join(timeout=10)
         try:
             self._judge(self.buffer.take_all())
@@ -573,6 +654,26 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             except Exception:
                 _log.exception("handling a request failed")
                 self._reply(500, "text/plain", b"internal error")
+
+        def parse_request(self) -> bool:
+            # "PRI * HTTP/2.0": the HTTP/2 preface of a gRPC client sent to the HTTP port
+            # (the SDK exporter's default protocol); http.server would only answer 505.
+            if getattr(self, "raw_requestline", b"").startswith(b"PRI * HTTP/2"):
+                self._grpc_here()
+                return False
+            return super().parse_request()
+
+        def _grpc_here(self) -> None:
+            receiver.grpc_on_http_port += 1
+            if receiver.grpc_on_http_port == 1:
+                where = receiver.grpc_address
+                _log.warning(
+                    "an OTLP/gRPC exporter connected to the OTLP/HTTP receiver %s: point it "
+                    "at %s, or set OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf to send it here",
+                    receiver.url,
+                    f"the gRPC port ({where})" if where else "a gRPC port (--grpc-port)",
+                )
+            self.close_connection = True
 
         def do_GET(self) -> None:
             self._drain()
@@ -647,9 +748,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             response = ExportTraceServiceResponse()
             if rejected:
                 response.partial_success.rejected_spans = rejected
-                response.partial_success.error_message = (
-                    f"{rejected} spans dropped: their trace is over --max-spans-per-trace"
-                )
+                response.partial_success.error_message = _rejected_message(rejected)
             if content_type == PROTOBUF:
                 self._reply(200, PROTOBUF, response.SerializeToString())
             else:
@@ -723,7 +822,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--port",
         type=_port,
         default=DEFAULT_PORT,
-        help=f"port to listen on, 0 = any free port (default: {DEFAULT_PORT})",
+        help=f"OTLP/HTTP port, 0 = any free port (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--grpc-port",
+        type=_port,
+        default=DEFAULT_GRPC_PORT,
+        help=f"OTLP/gRPC port, 0 = any free port (default: {DEFAULT_GRPC_PORT})",
+    )
+    parser.add_argument(
+        "--no-grpc", action="store_true", help="do not listen for OTLP/gRPC (OTLP/HTTP only)"
     )
     parser.add_argument(
         "--otlp-endpoint",
@@ -787,7 +895,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--print",
         dest="echo",
         action="store_true",
-        help="also print each anomaly as one JSON line on stdout (the `check` report's form)",
+        help="also print each anomaly as one JSON line on stdout (the `check` report's form); "
+        "not those the exporting application's own processor already reported live",
+    )
+    parser.add_argument(
+        "--summary-interval-s",
+        type=_positive,
+        default=30,
+        metavar="S",
+        help="log a summary line this often while traces are judged (default: 30)",
     )
 
 
@@ -824,13 +940,27 @@ def run(args: argparse.Namespace) -> int:
         metric_interval_ms=args.metric_interval_ms,
         echo=args.echo,
     )
+    grpc_port: int | None = None
+    if not args.no_grpc:
+        if serve_grpc.available():
+            grpc_port = args.grpc_port
+        else:
+            _log.warning("OTLP/gRPC is off: grpcio is not installed (pip install grpcio)")
     try:
         receiver = Receiver(
-            buffer, reporter, host=args.host, port=args.port, max_body=args.max_body_bytes
+            buffer,
+            reporter,
+            host=args.host,
+            port=args.port,
+            max_body=args.max_body_bytes,
+            grpc_port=grpc_port,
+            summary_interval_s=args.summary_interval_s,
         )
     except OSError as exc:
         print(
-            f"otel-agent-state serve: cannot listen on {args.host}:{args.port}: {exc}",
+            f"otel-agent-state serve: cannot listen on {args.host} (HTTP port {args.port}"
+            + (f", gRPC port {grpc_port}" if grpc_port is not None else "")
+            + f"): {exc}",
             file=sys.stderr,
         )
         reporter.shutdown()
@@ -842,18 +972,21 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         receiver.start()
+        grpc_address = receiver.grpc_address
         _log.info(
-            "listening on %s; re-exporting to %s", receiver.url, endpoint or "stdout (--print)"
+            "listening on %s (OTLP/HTTP)%s; re-exporting to %s",
+            receiver.url,
+            f"; OTLP/gRPC on {grpc_address}" if grpc_address else "",
+            endpoint or "stdout (--print)",
         )
+        if args.echo:
+            _log.info(
+                "--print: anomalies that need spans of several processes are printed here; "
+                "an application running otel-agent-state's processor itself has already "
+                "exported those it finds alone (they are counted in the summary, not printed)"
+            )
         receiver.wait()
-        _log.info(
-            "stopped: %d spans, %d traces judged, %d anomalies, %d traces and %d spans dropped",
-            buffer.stats.spans,
-            buffer.stats.judged_traces,
-            buffer.stats.anomalies,
-            buffer.stats.dropped_traces,
-            buffer.stats.dropped_spans,
-        )
+        _log.info("stopped: %s", summary(buffer.stats, args.echo))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
