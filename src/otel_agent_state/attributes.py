@@ -66,3 +66,17 @@ METRIC_OBSERVATIONS: Final = "agentstate.observations"
 
 # The instrumentation scope of every span this package creates itself.
 SCOPE_NAME: Final = "otel_agent_state"
+
+# GenAI memory conventions (development status, semantic-conventions-genai; no Python
+# constants upstream yet). Emitted on our memory-layer spans (LangGraph store, mem0) and read
+# from other instrumentations' memory and retrieval spans (`genai_memory`).
+GEN_AI_MEMORY_STORE_ID: Final = "gen_ai.memory.store.id"
+GEN_AI_MEMORY_RECORD_ID: Final = "gen_ai.memory.record.id"
+GEN_AI_MEMORY_RECORD_COUNT: Final = "gen_ai.memory.record.count"
+GEN_AI_RETRIEVAL_DOCUMENTS: Final = "gen_ai.retrieval.documents"  # JSON list of {id, score}
+OP_SEARCH_MEMORY: Final = "search_memory"
+OP_CREATE_MEMORY: Final = "create_memory"
+OP_UPDATE_MEMORY: Final = "update_memory"
+OP_UPSERT_MEMORY: Final = "upsert_memory"
+OP_DELETE_MEMORY: Final = "delete_memory"
+OP_RETRIEVAL: Final = "retrieval"

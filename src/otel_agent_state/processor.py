@@ -22,7 +22,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from . import adapter, runtime
+from . import adapter, genai_memory, runtime
 from . import attributes as A
 from .adapter import HINT_KEYS as _HINT_KEYS
 from .adapter import NAMING_KEYS as _NAMING_KEYS
@@ -365,6 +365,8 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         context = _context(span)
         ctx = self._open.pop(context.span_id, None)
         attrs = _plain(span)
+        if A.OP not in attrs and A.GEN_AI_OPERATION_NAME in attrs:  # another's memory span?
+            attrs = genai_memory.observation_attributes(attrs) or attrs
         early = False
         if ctx is None:
             ctx = self._fallback_ctx(span)
@@ -379,7 +381,7 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                 self._early_closed.discard(context.span_id)
         found: list[Anomaly] = []
         if A.OP in attrs:
-            obs = self._observation(span, ctx)
+            obs = self._observation(span, ctx, attrs=attrs)
             if obs is not None:
                 self._count(obs)
                 found.extend(self._ledger.add_observation(obs))
@@ -458,9 +460,13 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         )
 
     def _observation(
-        self, span: ReadableSpan, ctx: _Ctx, end_ns: int | None = None
+        self,
+        span: ReadableSpan,
+        ctx: _Ctx,
+        end_ns: int | None = None,
+        attrs: Mapping[str, Any] | None = None,
     ) -> Observation | None:
-        attrs = _plain(span)
+        attrs = _plain(span) if attrs is None else attrs
         return adapter.observation(
             attrs,
             span_id=_hex_span(_context(span).span_id),
