@@ -39,6 +39,7 @@ from otel_agent_state.instrumentation import sqlite3 as inst
 from otel_agent_state.instrumentation._wrapping import chain_of
 
 from .conftest import Telemetry
+from .semconv_support import MODES, semconv_mode
 from .test_sqlite3_instrumentation import attrs, reads, writes
 
 ORIGINAL_CONNECT = sqlite3.connect
@@ -196,7 +197,8 @@ def test_contrib_wrapper_is_outermost_in_either_load_order(tmp_path: Path, order
             assert chain[2] is ORIGINAL_CONNECT
         conn = e.connect()
         assert isinstance(conn, dbapi.TracedConnectionProxy)
-        assert isinstance(conn.__wrapped__, inst.TracedConnection)
+        assert inst.is_traced(conn.__wrapped__)
+        assert issubclass(type(conn.__wrapped__), sqlite3.Connection)
         assert isinstance(conn, sqlite3.Connection)
         conn.close()
 
@@ -289,7 +291,15 @@ def test_results_identical_to_uninstrumented(env: Env, tmp_path: Path) -> None:
     assert env.spans()  # it was traced
 
 
-def test_one_database_span_per_statement_with_both_attribute_sets(env: Env) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_one_database_span_per_statement_with_both_attribute_sets(env: Env, mode: str) -> None:
+    """In contrib's default (old) convention mode only our `agentstate.*` attributes go on
+    its span (issue 19); with `database/dup` the stable `db.*` ones it lacks too."""
+    with semconv_mode(mode):
+        _one_span_per_statement(env, stable=mode != "default")
+
+
+def _one_span_per_statement(env: Env, stable: bool) -> None:
     conn = env.connect()
     cur = conn.cursor()
     statements = [
@@ -307,9 +317,6 @@ def test_one_database_span_per_statement_with_both_attribute_sets(env: Env) -> N
         a = attrs(span)
         assert span.kind == SpanKind.CLIENT
         assert a[A.STORE] == "sqlite"
-        assert a[A.DB_SYSTEM_NAME] == "sqlite"
-        assert a[A.DB_COLLECTION_NAME] in ("credit_scores", "notes")
-        assert a[A.DB_OPERATION_NAME] == sql.split()[0]
         if env.layout == "ours_outermost":
             assert scope(span) == OURS_SCOPE
             assert "db.statement" not in a  # contrib's cursor was suppressed under our span
@@ -317,6 +324,13 @@ def test_one_database_span_per_statement_with_both_attribute_sets(env: Env) -> N
             assert scope(span) == CONTRIB_SCOPE
             assert a["db.system"] == "sqlite"  # contrib's own attributes stay
             assert a["db.statement"] == sql
+        if stable or env.layout == "ours_outermost":
+            assert a[A.DB_SYSTEM_NAME] == "sqlite"
+            assert a[A.DB_COLLECTION_NAME] in ("credit_scores", "notes")
+            assert a[A.DB_OPERATION_NAME] == sql.split()[0]
+        else:  # contrib's span in its default mode: no stable db.* of ours
+            ours = (A.DB_SYSTEM_NAME, A.DB_NAMESPACE, A.DB_OPERATION_NAME, A.DB_QUERY_SUMMARY)
+            assert not [k for k in ours if k in a], a
         if sql.startswith("SELECT"):
             assert a[A.OP] == "read"
         else:

@@ -33,6 +33,7 @@ from ..core.model import VersionError, parse_version
 from ..errors import StaleReadError
 from ._sql import Statement, Value
 from ._state_cache import StateCache
+from ._wrapping import for_contrib_span
 
 _log = logging.getLogger(__name__)
 
@@ -264,12 +265,9 @@ def statement_attrs(
 
 
 def annotate(span: Span, attrs: Mapping[str, Any]) -> None:
-    """Put our attributes on a contrib span; contrib's own db.* values (e.g. its
-    db.namespace) stay."""
-    present = getattr(span, "attributes", None) or {}
-    for key, value in attrs.items():
-        if not (key.startswith("db.") and key in present):
-            span.set_attribute(key, value)
+    """Put our attributes on a contrib span, as its semantic-convention mode allows
+    (`for_contrib_span`); contrib's own db.* values (e.g. its db.namespace) stay."""
+    span.set_attributes(for_contrib_span(span, attrs))
     runtime.attribute_agent(span)
 
 

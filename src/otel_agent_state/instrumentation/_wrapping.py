@@ -8,7 +8,7 @@ ours. So ours are found by identity in the chain of wrappers and taken out where
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import wrapt
@@ -83,3 +83,57 @@ def unwrap_all(wrapped: Wrapped) -> None:
     """`unwrap_ours` for each, the last wrapped first."""
     for owner, name, wrapper in reversed(wrapped):
         unwrap_ours(owner, name, wrapper)
+
+
+# --------------------------------------------------------------------------- subclasses
+
+
+def subclass_under(base: type, root: type, traced_root: type, **namespace: Any) -> type:
+    """A subclass of `base` (an application's subclass of the C class `root`) whose method
+    resolution runs `base`'s own overrides first and ours (`traced_root`, a subclass of
+    `root`) just above `root`: `Dict*`'s `cursor()` still picks its cursor class, ours only
+    sees the result. The name, qualified name and module stay `base`'s. Raises TypeError
+    when the hierarchies do not merge (the caller then leaves `base` alone)."""
+    if base is root:
+        return traced_root
+    namespace.setdefault("__module__", base.__module__)
+    namespace.setdefault("__qualname__", base.__qualname__)
+    namespace.setdefault("__doc__", base.__doc__)
+    return type(base.__name__, (base, traced_root), namespace)
+
+
+# --------------------------------------------------------------------------- semantic conventions
+
+
+def _stable_db_conventions() -> bool:
+    """Whether contrib instrumentations emit the stable database conventions (`database` or
+    `database/dup` in OTEL_SEMCONV_STABILITY_OPT_IN), as contrib itself decides it."""
+    try:
+        from opentelemetry.instrumentation._semconv import (
+            _OpenTelemetrySemanticConventionStability as Stability,
+        )
+        from opentelemetry.instrumentation._semconv import (
+            _OpenTelemetryStabilitySignalType as Signal,
+        )
+        from opentelemetry.instrumentation._semconv import _StabilityMode as Mode
+
+        Stability._initialize()  # type: ignore[no-untyped-call]
+        return bool(
+            Stability._get_opentelemetry_stability_opt_in_mode(Signal.DATABASE) != Mode.DEFAULT
+        )
+    except Exception:  # an older or newer contrib: read the variable as documented
+        import os
+
+        parts = {p.strip() for p in os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", "").split(",")}
+        return bool(parts & {"database", "database/dup"})
+
+
+def for_contrib_span(span: Any, attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """Which of our attributes go on another instrumentation's span. In contrib's default
+    (old) convention mode only ours (`agentstate.*`): a `db.system.name` beside its
+    `db.system` would make its span a mix of both conventions. In the stable modes, also the
+    stable `db.*` attributes it did not set itself (its own values stay)."""
+    if not _stable_db_conventions():
+        return {k: v for k, v in attrs.items() if k.startswith("agentstate.")}
+    present = getattr(span, "attributes", None) or {}
+    return {k: v for k, v in attrs.items() if not (k.startswith("db.") and k in present)}

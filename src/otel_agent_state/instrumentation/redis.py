@@ -64,7 +64,7 @@ from ._redis_commands import (
 )
 from ._redis_commands import _parse_json as parse_json
 from ._steps import CALL, Body, adrive, drive
-from ._wrapping import Wrapped, unwrap_all, wrap_under
+from ._wrapping import Wrapped, for_contrib_span, unwrap_all, wrap_under
 
 _log = logging.getLogger(__name__)
 
@@ -303,10 +303,7 @@ class _Call:
         if _contrib_span(current):
             self.span = current
             self.own = False
-            present = getattr(current, "attributes", None) or {}
-            current.set_attributes(  # contrib's own db.* values stay
-                {k: v for k, v in attrs.items() if not (k.startswith("db.") and k in present)}
-            )
+            current.set_attributes(for_contrib_span(current, attrs))  # as its conventions allow
             runtime.attribute_agent(current)
         else:
             self.span = tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)

@@ -23,6 +23,7 @@ import sqlite3
 import threading
 import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
@@ -80,20 +81,30 @@ class _Table:
 @dataclass
 class _ConnState:
     tracer: trace.Tracer
-    raw: Any  # the innermost sqlite3.Connection, for our own untraced queries
+    # The innermost sqlite3.Connection, for our own untraced queries: a weak reference when
+    # the state lives on that very connection (our subclass), so it never keeps it alive.
+    ref: Callable[[], Any]
     lock: threading.RLock = field(default_factory=threading.RLock)
+    # The application's trace callback and progress handler (the arguments it set them
+    # with): switched off around our own queries, so it never sees or counts them.
+    trace_callback: tuple[tuple[Any, ...], dict[str, Any]] | None = None
+    progress_handler: tuple[tuple[Any, ...], dict[str, Any]] | None = None
     databases: dict[str, str] | None = None  # schema -> namespace
     tables: dict[tuple[str, str], _Table | None] = field(default_factory=dict)
     # The open transaction and its savepoints; a write's txn id is its innermost scope's.
     scopes: Scopes = field(default_factory=Scopes)
     closed: bool = False
 
+    @property
+    def raw(self) -> Any:
+        return self.ref()
+
     def namespace(self, schema: str | None = None) -> str:
         with self.lock:
             if self.databases is None:
                 self.databases = {}
                 try:
-                    rows = _meta(self.raw, "PRAGMA database_list")
+                    rows = _meta(self, "PRAGMA database_list")
                     for row in rows:
                         name, path = _text(row[1]), _text(row[2] or "")
                         self.databases[name.lower()] = PurePath(path).stem if path else "memory"
@@ -121,14 +132,14 @@ class _ConnState:
         prefix = _quote(schema) + "." if schema else ""
         master = "sqlite_temp_master" if (schema or "").lower() == "temp" else "sqlite_master"
         found = _meta(
-            self.raw,
+            self,
             f"SELECT name FROM {prefix}{master} "
             "WHERE type IN ('table', 'view') AND name = ? COLLATE NOCASE",
             (name,),
         )
         if not found:
             return None
-        rows = _meta(self.raw, f"PRAGMA {prefix}table_info({_quote(name)})")
+        rows = _meta(self, f"PRAGMA {prefix}table_info({_quote(name)})")
         columns = tuple(_text(row[1]).lower() for row in rows)
         keyed = sorted(
             (int(row[5]), _text(row[1]).lower(), _text(row[2])) for row in rows if row[5]
@@ -150,15 +161,60 @@ def _text(value: object) -> str:
     return str(value)
 
 
-def _meta(raw: Any, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+def _meta(state: _ConnState, query: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
     """Our own schema query: untraced, and as plain tuples whatever the row_factory."""
+    with _own_query(state) as cursor:
+        return list(cursor.execute(query, params).fetchall())
+
+
+@contextmanager
+def _own_query(state: _ConnState) -> Iterator[Any]:
+    """A plain cursor for a query of ours: no span (ours or contrib's), the row factory off,
+    and the application's trace callback and progress handler off while it runs (restored
+    with the arguments it set them with). sqlite3 has no way to hide a query from an
+    authorizer without re-preparing the application's statements: see docs/sqlite3.md."""
+    raw = state.raw
+    if raw is None:
+        raise sqlite3.ProgrammingError("connection gone")
+    hidden = state.trace_callback is not None, state.progress_handler is not None
     with _suppressed():
-        cursor = raw.cursor()
+        # The C classes' own methods: neither our subclass's nor the application's.
+        cursor = sqlite3.Connection.cursor(raw)
         try:
+            if hidden[0]:
+                sqlite3.Connection.set_trace_callback(raw, None)
+            if hidden[1]:
+                sqlite3.Connection.set_progress_handler(raw, None, 0)
             cursor.row_factory = None
-            return list(cursor.execute(query, params).fetchall())
+            yield cursor
         finally:
-            cursor.close()
+            try:
+                cursor.close()
+            finally:
+                _restore_hooks(state, raw, hidden)
+
+
+def _restore_hooks(state: _ConnState, raw: Any, hidden: tuple[bool, bool]) -> None:
+    try:
+        if hidden[0] and state.trace_callback is not None:
+            args, kwargs = state.trace_callback
+            sqlite3.Connection.set_trace_callback(raw, *args, **kwargs)
+        if hidden[1] and state.progress_handler is not None:
+            args, kwargs = state.progress_handler
+            sqlite3.Connection.set_progress_handler(raw, *args, **kwargs)
+    except Exception:
+        _log.debug("cannot restore the application's callbacks", exc_info=True)
+
+
+_HOOK_ARGUMENTS = {"trace_callback": "trace_callback", "progress_handler": "progress_handler"}
+
+
+def _remember_hook(state: _ConnState | None, name: str, args: Any, kwargs: Any) -> None:
+    """The application set its trace callback or progress handler (None: switched it off)."""
+    if state is None:
+        return
+    callback = args[0] if args else kwargs.get(_HOOK_ARGUMENTS[name])
+    setattr(state, name, None if callback is None else (tuple(args), dict(kwargs)))
 
 
 def _innermost(obj: Any) -> Any:
@@ -177,13 +233,22 @@ def _innermost(obj: Any) -> Any:
     return obj
 
 
+# contrib instrumentations whose database spans are not a driver statement's: SQLAlchemy's
+# statement spans are annotated by our SQLAlchemy layer (never current during the driver
+# call), and its `connect` span is current while the dialect's own first queries run.
+_NOT_STATEMENT_SCOPES = frozenset({_CONTRIB_PREFIX + "sqlalchemy"})
+
+
 def _contrib_span(span: Span) -> bool:
-    """A recording database span made by an opentelemetry-python-contrib instrumentation."""
+    """A recording statement span made by an opentelemetry-python-contrib driver
+    instrumentation (the one wrapping this very call)."""
     try:
         if not span.is_recording():
             return False
         scope = getattr(span, "instrumentation_scope", None)
         name = getattr(scope, "name", "") or ""
+        if name in _NOT_STATEMENT_SCOPES or getattr(span, "name", None) == "connect":
+            return False
         attrs = getattr(span, "attributes", None) or {}
         return bool(
             name.startswith(_CONTRIB_PREFIX) and ("db.system" in attrs or "db.system.name" in attrs)
@@ -431,32 +496,10 @@ class TracedCursor(ObservedCursor):
 
     def _run(self, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         call = getattr(self.__wrapped__, method)
-        self._finish_read()
-        if not is_instrumentation_enabled():
-            return self._same(call(*args, **kwargs))
         state = self._self_connection._self_state
-        prepared: _Prepared | None = None
-        try:
-            prepared = _prepare(state, method, args, kwargs)
-        except Exception:
-            _log.debug("preparing the observation failed", exc_info=True)
-        if prepared is None:
-            return self._same(call(*args, **kwargs))
-        obs = prepared.obs
-        try:
-            with _suppressed(obs.span if obs.own else None):
-                result = call(*prepared.args, **kwargs)
-        except BaseException as exc:
-            _after_failure(prepared, exc)
-            raise
-        try:
-            read = _after_success(prepared, self.__wrapped__)
-            if read is not None:
-                self._self_slot.read = read
-        except Exception:
-            _log.debug("recording the statement failed", exc_info=True)
-            obs.end()
-        return self._same(result)
+        return self._same(
+            _statement(self._self_slot, state, call, method, args, kwargs, self.__wrapped__)
+        )
 
     def _same(self, result: Any) -> Any:
         # execute() returns the cursor itself; hand back the proxy instead.
@@ -489,6 +532,43 @@ class TracedCursor(ObservedCursor):
         return row
 
 
+def _statement(
+    slot: _Slot,
+    state: _ConnState | None,
+    call: Callable[..., Any],
+    method: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    cursor: Any,
+) -> Any:
+    """One execute/executemany/executescript of `cursor` (the sqlite3 object) by `call`."""
+    slot.finish()
+    if state is None or not is_instrumentation_enabled():
+        return call(*args, **kwargs)
+    prepared: _Prepared | None = None
+    try:
+        prepared = _prepare(state, method, args, kwargs)
+    except Exception:
+        _log.debug("preparing the observation failed", exc_info=True)
+    if prepared is None:
+        return call(*args, **kwargs)
+    obs = prepared.obs
+    try:
+        with _suppressed(obs.span if obs.own else None):
+            result = call(*prepared.args, **kwargs)
+    except BaseException as exc:
+        _after_failure(prepared, exc)
+        raise
+    try:
+        read = _after_success(prepared, cursor)
+        if read is not None:
+            slot.read = read
+    except Exception:
+        _log.debug("recording the statement failed", exc_info=True)
+        obs.end()
+    return result
+
+
 class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
     """A sqlite3 connection whose cursors are traced and whose transactions are scopes."""
 
@@ -496,7 +576,8 @@ class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
 
     def __init__(self, connection: Any, tracer: trace.Tracer) -> None:
         super().__init__(connection)
-        self._self_state = _ConnState(tracer=tracer, raw=_innermost(connection))
+        raw = _innermost(connection)
+        self._self_state = _ConnState(tracer=tracer, ref=lambda: raw)
         try:
             weakref.finalize(self, _connection_collected, self._self_state)
         except Exception:
@@ -536,6 +617,16 @@ class TracedConnection(wrapt.ObjectProxy):  # type: ignore[type-arg]
     def __enter__(self) -> TracedConnection:
         self.__wrapped__.__enter__()
         return self
+
+    def set_trace_callback(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__.set_trace_callback(*args, **kwargs)
+        _remember_hook(self._self_state, "trace_callback", args, kwargs)
+        return result
+
+    def set_progress_handler(self, *args: Any, **kwargs: Any) -> Any:
+        result = self.__wrapped__.set_progress_handler(*args, **kwargs)
+        _remember_hook(self._self_state, "progress_handler", args, kwargs)
+        return result
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Any:
         outcome = "commit" if exc_type is None else "rollback"
@@ -880,15 +971,10 @@ def _current_version(
     key: list[object],
 ) -> str:
     """The version a row has right now, read through a separate untraced raw cursor."""
-    with _suppressed():
-        cursor = state.raw.cursor()
-        try:
-            cursor.row_factory = None
-            cursor.execute(query, key)
-            names = [str(d[0]).lower() for d in cursor.description or ()]
-            row = cursor.fetchone()
-        finally:
-            cursor.close()
+    with _own_query(state) as cursor:
+        cursor.execute(query, key)
+        names = [str(d[0]).lower() for d in cursor.description or ()]
+        row = cursor.fetchone()
     if row is None:
         return "none"
     return row_version(settings, rule, physical, dict(zip(names, row, strict=False)))
@@ -898,18 +984,37 @@ def _current_version(
 
 
 def instrument_connection(connection: Any, tracer_provider: Any = None) -> Any:
-    """Trace an already-open sqlite3 connection; returns the proxy to use instead."""
+    """Trace an already-open sqlite3 connection: one our `connect` opened is traced in place
+    (and returned); any other gets a proxy to use instead, with a proxy's limits (the C
+    code rejects it in `backup()`, `sqlite3.Cursor(conn)`, ...: docs/sqlite3.md)."""
+    from . import _sqlite3_classes as classes
+
     if isinstance(connection, TracedConnection):
         return connection
     tracer = trace.get_tracer(__name__, _VERSION, tracer_provider=tracer_provider)
+    if classes.attach(connection, tracer):
+        return connection
     return TracedConnection(connection, tracer)
 
 
 def uninstrument_connection(connection: Any) -> Any:
-    """The plain connection behind a proxy from `instrument_connection`."""
+    """Stop tracing a connection: the plain connection behind a proxy from
+    `instrument_connection`, or the connection itself, untraced from now on."""
+    from . import _sqlite3_classes as classes
+
     if isinstance(connection, TracedConnection):
         return connection.__wrapped__
+    classes.detach(connection)
     return connection
+
+
+def is_traced(connection: Any) -> bool:
+    """Whether statements on `connection` are observed by us (a connection or a proxy)."""
+    return bool(getattr(connection, "_agentstate_traced", False))
+
+
+_FACTORY_ARG = 5  # sqlite3.connect(database, timeout, detect_types, isolation_level,
+# check_same_thread, factory, ...)
 
 
 class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
@@ -930,13 +1035,29 @@ class SQLite3Instrumentor(BaseInstrumentor):  # type: ignore[misc]
     def _instrument(self, **kwargs: Any) -> None:
         tracer = trace.get_tracer(__name__, _VERSION, tracer_provider=kwargs.get("tracer_provider"))
 
+        from . import _sqlite3_classes as classes
+
         def connect(wrapped: Any, instance: Any, args: Any, kw: Any) -> Any:
+            # Our subclass of the connection class asked for (the C code accepts it where it
+            # rejects a proxy); a factory that is not a sqlite3.Connection class gets a proxy.
+            try:
+                if len(args) > _FACTORY_ARG:
+                    traced = classes.connection_class(args[_FACTORY_ARG])
+                    if traced is not None:
+                        args = (*args[:_FACTORY_ARG], traced, *args[_FACTORY_ARG + 1 :])
+                else:
+                    traced = classes.connection_class(kw.get("factory", sqlite3.Connection))
+                    if traced is not None:
+                        kw = {**kw, "factory": traced}
+            except Exception:
+                _log.debug("cannot derive the connection class", exc_info=True)
             connection = wrapped(*args, **kw)
             try:
-                return TracedConnection(connection, tracer)
+                if not classes.attach(connection, tracer):
+                    return TracedConnection(connection, tracer)
             except Exception:
-                _log.debug("cannot wrap the connection", exc_info=True)
-                return connection
+                _log.debug("cannot trace the connection", exc_info=True)
+            return connection
 
         import sqlite3.dbapi2 as dbapi2
 
