@@ -268,7 +268,13 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             inherited is not None
             and A.STORE not in attrs
             and not any(key in attrs for key in _NAMING_KEYS)
-            and (inherited.agent is not None or not any(key in attrs for key in _HINT_KEYS))
+            and (
+                inherited.agent is not None
+                or (
+                    not any(key in attrs for key in _HINT_KEYS)
+                    and self._ambient_agent(inherited.trace_id, parent) is None
+                )
+            )
         ):
             # The common case, a plain span inside tracked work: it inherits all there is.
             # One dict store is atomic under the GIL; the sweep iterates over a snapshot.
@@ -289,6 +295,8 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         # processes) ranks after every span that names an agent: look only when none did.
         carried = _baggage_agent(parent_context) if base.agent is None else None
         found = adapter.attribute(base, attrs, span.name, span_id, scope_kind, carried)
+        if found.agent is None:
+            found = found._replace(agent=self._ambient_agent(trace_id, parent))
         agent = found.agent
         ctx = _Ctx(
             trace_id=trace_id,
@@ -319,6 +327,17 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         self._emit(self._ledger.add_scope(self._scope(span, ctx, scope_kind, agent, end_ns=None)))
 
     _scope_kind = staticmethod(adapter.scope_kind)
+
+    def _ambient_agent(self, trace_id: str, parent: SpanContext | None) -> str | None:
+        """The agent of the span current where this one started, when that is not its
+        parent: a framework hint (SPEC §3). OpenLLMetry parents LangGraph's node spans on
+        the graph's span, inside our own node span that names the node; its name only, as
+        `check` reads it off the node's hint."""
+        current = trace.get_current_span().get_span_context()
+        if not current.is_valid or (parent is not None and current.span_id == parent.span_id):
+            return None
+        ctx = self._open.get(current.span_id)
+        return ctx.agent if ctx is not None and ctx.trace_id == trace_id else None
 
     @staticmethod
     def _service(span: ReadableSpan) -> str:
