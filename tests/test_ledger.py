@@ -750,3 +750,47 @@ def test_reads_so_far_is_the_latest_version_per_fact_of_that_actor_only() -> Non
     assert ledger.reads_so_far(TRACE, "agent:planner") == ["plan/1@n:1"]
     assert ledger.reads_so_far(TRACE, "agent:nobody") == []
     assert ledger.reads_so_far("f" * 32, risk) == []
+
+
+def _overlap_story(third: str) -> tuple[H, str, str]:
+    """A written, then B; a third write (of `third`) begins; a read of A ends before it does."""
+    h = H()
+    h.write("w", "f", "h:aa", (0, 1))
+    h.write("w", "f", "h:bb", (2, 3))
+    in_flight = h.write("w", "f", third, (4, 8))
+    read = h.read("r", "f", "h:aa", (5, 6))
+    return h, in_flight, read
+
+
+@pytest.mark.parametrize(("third", "stale"), [("h:aa", False), ("h:cc", True)])
+def test_no_verdict_on_an_incomplete_window(third: str, stale: bool) -> None:
+    """SPEC §5 "Overlap": the write in flight when the read ended may be the one it saw."""
+    h, in_flight, read = _overlap_story(third)
+    ledger = _ledger()
+    first, second, third_write, the_read = h.observations
+    assert ledger.add_observation(first) == []
+    assert ledger.add_observation(second) == []
+    ledger.begin(TRACE, in_flight, third_write.start_ns)
+    ledger.begin(TRACE, read, the_read.start_ns)
+    assert ledger.check_read(the_read) == []  # raise mode: a write of it is in flight
+    assert ledger.add_observation(the_read) == []  # waits: nothing reported yet
+    ledger.add_observation(third_write)
+    found = ledger.close_trace(TRACE)
+    assert [(a.kind, a.span_id) for a in found] == ([(STALE, read)] if stale else [])
+
+
+def test_an_operation_that_ends_with_nothing_observed_releases_the_wait() -> None:
+    h, in_flight, read = _overlap_story("h:cc")
+    ledger = _ledger()
+    first, second, _, the_read = h.observations
+    ledger.add_observation(first)
+    ledger.add_observation(second)
+    ledger.begin(TRACE, "00000000000000ff", the_read.start_ns - 1)  # e.g. a failed command
+    ledger.add_observation(the_read)
+    assert ledger._traces[TRACE].waiting  # the verdict waits for the open operation
+    assert ledger.finished(TRACE, "00000000000000ff") == []  # judged: a warning, held
+    assert not ledger._traces[TRACE].waiting
+    assert [(a.kind, a.span_id) for a in ledger._traces[TRACE].pending["agent:r"]] == [
+        (STALE, read)
+    ]
+    assert [(a.kind, a.span_id) for a in ledger.close_trace(TRACE)] == [(STALE, read)]

@@ -456,17 +456,26 @@ def _replicate(backend: Backend) -> None:
         conn.execute(sa.text("UPDATE accounts SET balance = :b WHERE id = 1"), {"b": balance})
 
 
+def _rebalance_ledger(engine: sa.Engine) -> None:
+    with agent("rebalancer"), Session(engine) as session:
+        ledger = session.get(Ledger, 1)
+        assert ledger is not None
+        ledger.balance = 400  # the ORM bumps its version column: n:2
+        session.commit()
+
+
 def test_replica_read_behind_a_committed_write_is_stale(
     telemetry: Telemetry, backend: Backend, ours: None
 ) -> None:
     replica = backend.engine("replica", agentstate_tier="replica")
     with workflow("credit"):
-        _rebalance(backend.engine())
+        _rebalance_ledger(backend.engine())
         with agent("risk-assessor"), Session(replica) as session:
-            account = session.get(Account, 1)
-            assert account is not None and account.balance == 1000  # the lagging copy
+            ledger = session.get(Ledger, 1)
+            assert ledger is not None and ledger.balance == 1000  # the lagging copy
     [stale] = anomaly_attrs(telemetry, "stale_read")
-    assert stale[A.ANOMALY_FACT] == "account/1"
+    assert stale[A.ANOMALY_FACT] == "ledger/1"
+    assert (stale[A.ANOMALY_OBSERVED], stale[A.ANOMALY_EXPECTED]) == ("n:1", "n:2")
     assert stale[A.ANOMALY_AGENTS] == ("risk-assessor", "rebalancer")
     [read] = [
         s
@@ -475,6 +484,20 @@ def test_replica_read_behind_a_committed_write_is_stale(
         and A.READ_FACTS in (s.attributes or {})
     ]
     assert dict(read.attributes or {})[A.TIER] == "replica"
+
+
+def test_a_replica_rows_digest_proves_nothing_about_the_primarys(
+    telemetry: Telemetry, backend: Backend, ours: None
+) -> None:
+    """SPEC §5: digests compare only within one store and tier. Without a version column a
+    lagging replica is not visible (docs/detection.md says so)."""
+    replica = backend.engine("replica", agentstate_tier="replica")
+    with workflow("credit"):
+        _rebalance(backend.engine())
+        with agent("risk-assessor"), Session(replica) as session:
+            account = session.get(Account, 1)
+            assert account is not None and account.balance == 1000
+    assert anomaly_attrs(telemetry, "stale_read") == []
 
 
 def test_replica_read_after_replication_caught_up_is_fresh(
@@ -496,18 +519,18 @@ def test_raise_mode_stops_the_stale_row_before_the_orm_returns_it(
     configure(on_anomaly="raise")
     replica = backend.engine("replica", agentstate_tier="replica")
     with workflow("credit"):
-        _rebalance(backend.engine())
+        _rebalance_ledger(backend.engine())
         with agent("risk-assessor"):
             with Session(replica) as session, pytest.raises(StaleReadError) as caught:
-                session.get(Account, 1)
+                session.get(Ledger, 1)
             with replica.connect() as conn, pytest.raises(StaleReadError):
-                conn.execute(sa.text("SELECT * FROM accounts WHERE id = 1")).all()
+                conn.execute(sa.text("SELECT * FROM ledgers WHERE id = 1")).all()
             # the primary serves the fresh row, and a query the guard passes works as usual
             with Session(backend.engine()) as session:
-                fresh = session.get(Account, 1)
+                fresh = session.get(Ledger, 1)
                 assert fresh is not None and fresh.balance == 400
     anomaly = caught.value.anomaly
-    assert anomaly.fact == "account/1"
+    assert anomaly.fact == "ledger/1"
     assert anomaly.observed_version != anomaly.expected_version
 
 
@@ -588,11 +611,12 @@ async def test_async_orphan_and_raise_mode(
                         sa.text("UPDATE accounts SET balance = balance - 50 WHERE id = 1")
                     )
                     raise ConnectionError("gone")
+            _rebalance_ledger(backend.engine())
             configure(on_anomaly="raise")
             with agent("auditor"):
                 async with AsyncSession(replica) as session:
                     with pytest.raises(StaleReadError):
-                        await session.get(Account, 1)
+                        await session.get(Ledger, 1)
     finally:
         await engine.dispose()
         await replica.dispose()
@@ -600,7 +624,7 @@ async def test_async_orphan_and_raise_mode(
         "account/1"
     ]
     assert [a[A.ANOMALY_AGENTS] for a in anomaly_attrs(telemetry, "stale_read")] == [
-        ("auditor", "transfer-agent")
+        ("auditor", "rebalancer")
     ]
 
 

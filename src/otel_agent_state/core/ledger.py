@@ -20,7 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, replace
 
 from .config import Consistency
@@ -312,12 +312,14 @@ class Ledger:
                 out.extend(self._fresh(state, detect_lost_updates(history, facts=written)))
         return out
 
-    def check_read(self, obs: Observation) -> list[Anomaly]:
-        """Stale-read findings for a read still in progress (raise mode), reported now."""
+    def check_read(self, obs: Observation, around: Collection[str] = ()) -> list[Anomaly]:
+        """Stale-read findings for a read still in progress (raise mode), reported now.
+        None while another operation is in flight (it may be the write the read returns),
+        except the ones `around` the read (spans that contain it, such as an ORM's)."""
         out: list[Anomaly] = []
         with self._lock:
             state = self._state(obs.trace_id, out)
-            if any(span != obs.span_id for span in state.in_flight):
+            if any(span != obs.span_id and span not in around for span in state.in_flight):
                 return out  # a write in flight may be what it returns: judged at its end
             stale = detect_stale_reads(
                 _with(state.history, obs),
