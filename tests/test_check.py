@@ -215,6 +215,7 @@ def test_corrupt_line_stops_with_file_and_line(
         ('[{"resourceSpans": []}, "x"]\n', 1, "a JSON array of strings, not of spans"),
         ('{"a": "bcd\n', 1, "not JSON (Invalid control character at column 11)"),
         ('{"a": "bcd', 1, "not JSON (Unterminated string starting at column 7)"),
+        ("hello\n[INFO] world\n", 1, "not JSON (no JSON value in 2 lines of text)"),
         (
             '{"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "x"}]}]}]}',
             1,

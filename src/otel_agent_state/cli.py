@@ -393,6 +393,11 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
                 stream.close()
             elif stream is not sys.stdin and hasattr(stream, "detach"):
                 stream.detach()  # leave standard input itself open
+        if stats.skipped_lines and not stats.values:
+            raise _InputError(
+                f"{label}:{stats.first_skipped}: not JSON (no JSON value in "
+                f"{stats.skipped_lines} line{'s' if stats.skipped_lines != 1 else ''} of text)"
+            )
         if stats.skipped_lines:
             print(
                 f"otel-agent-state: {label}: skipped {stats.skipped_lines} "

@@ -507,7 +507,12 @@ class ReadStats:
     # Lines of text between the JSON values of concatenated input: what an application
     # prints to stdout between the console exporter's spans (`app | check -`).
     skipped_lines: int = 0
+    first_skipped: int = 0  # the line number of the first of them
     values: int = 0
+
+    def skip(self, line: int) -> None:
+        self.skipped_lines += 1
+        self.first_skipped = self.first_skipped or line
 
 
 def json_reason(exc: json.JSONDecodeError) -> str:
@@ -608,7 +613,7 @@ def _concatenated(
             end = buf.find("\n", pos)
             if end < 0 and more():
                 continue
-            stats.skipped_lines += 1
+            stats.skip(line + buf.count("\n", mark, pos))
             pos = len(buf) if end < 0 else end + 1
             continue
         try:
@@ -617,7 +622,7 @@ def _concatenated(
             eol = buf.find("\n", pos)
             if buf[pos] == "[" and 0 <= exc.pos <= eol and "Unterminated" not in exc.msg:
                 # "[INFO] started": a line of text that opens with a bracket
-                stats.skipped_lines += 1
+                stats.skip(line + buf.count("\n", mark, pos))
                 pos = eol + 1
                 continue
             # A console span (or pretty-printed body) starts with "{" in the first column:
@@ -904,6 +909,10 @@ def judge(
         ledger.add_txn_end,
         ledger.add_scope,
     )
+
+    def begin(item: tuple[str, str, int]) -> list[Anomaly]:
+        return ledger.begin(*item)  # the operation is in flight, as the processor sees it
+
     # (time, start?, depth, seq, n, handler, item): ends before starts at one instant,
     # children's ends before their parents'. (seq, n) is unique, so the comparison never
     # reaches the handler; one span's own events go in the live processor's order:
@@ -935,6 +944,17 @@ def judge(
             )
             if obs is not None:
                 view.observations.append(obs)
+                append(
+                    (
+                        record.start_ns,
+                        1,
+                        ctx.depth,
+                        seq,
+                        3,
+                        begin,
+                        (trace_id, span_id, record.start_ns),
+                    )
+                )
                 append((record.end_ns, 0, -ctx.depth, seq, 0, add_observation, obs))
         ended_txn = adapter.txn_outcome(attributes) if A.TXN_OUTCOME in attributes else None
         if ended_txn is not None:
