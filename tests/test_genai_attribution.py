@@ -18,7 +18,7 @@ from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
 from opentelemetry.sdk.trace import ReadableSpan
 
-from otel_agent_state import agent, observe_read, observe_write, offline, workflow
+from otel_agent_state import agent, decision, observe_read, observe_write, offline, workflow
 from otel_agent_state import attributes as A
 from otel_agent_state.instrumentation.sqlite3 import SQLite3Instrumentor
 
@@ -434,3 +434,15 @@ def test_a_span_with_a_decision_intent_is_a_decision_scope(telemetry: Telemetry)
     expected = [("stale_read", "intent/1", ("risk", "scorer"), "error")]
     assert _online_findings(telemetry) == expected
     assert _offline_findings(telemetry) == expected
+
+
+def test_our_decision_records_what_was_read_before_it_and_inside_it(
+    telemetry: Telemetry,
+) -> None:
+    with agent("risk"):
+        observe_read("dec/limit", "n:3")
+        with decision("approve"):
+            observe_read("dec/score", "n:2")
+            observe_read("dec/limit", "n:3")  # read again: listed once
+    span = telemetry.span_named("decision approve")
+    assert _attrs(span)[A.DECISION_INPUTS] == ("dec/limit@n:3", "dec/score@n:2")

@@ -536,8 +536,11 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         if ctx is None or ctx.scope_kind is None:
             return
         if ctx.scope_kind == ScopeKind.DECISION:
-            inputs = self._ledger.decision_inputs(ctx.trace_id, _hex_span(span_id))
-            span.set_attribute(A.DECISION_INPUTS, inputs)
+            # What the agent had read when it started (set then), and what it read inside.
+            before = _plain(span).get(A.DECISION_INPUTS)
+            inputs = [*before] if isinstance(before, (list, tuple)) else []
+            inputs += self._ledger.decision_inputs(ctx.trace_id, _hex_span(span_id))
+            span.set_attribute(A.DECISION_INPUTS, list(dict.fromkeys(inputs)))
         now = time.time_ns()
         scope = self._ended_scope(span, ctx, end_ns=now)
         if failed:
