@@ -10,8 +10,9 @@ hover and click. No external assets.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from html import escape
+from typing import NamedTuple
 
 from .core.model import Observation, Scope, ScopeKind, Severity
 from .offline import Finding, TraceView
@@ -19,8 +20,16 @@ from .offline import Finding, TraceView
 _WIDTH = 1240
 _LEFT = 170
 _RIGHT = 30
-_LANE = 78
+_LANE = 78  # the least height of a lane; more label rows make it taller
 _TOP = 34
+_FIRST_ROW = 30  # centre of a lane's first row of marks, below its transaction ends
+_ROW = 16
+_MAX_ROWS = 12  # past this, labels share rows (and may overlap) rather than grow the lane
+_BOTTOM = 22  # under the rows: the decision and mutation bars
+# Advance of one character of the 11px monospace labels (0.6 em, rounded up), and the room
+# kept between a label and its neighbours.
+_CHAR = 6.8
+_GAP = 8
 
 _CSS = """
 :root { --bg:#fbfbfd; --fg:#1d2330; --muted:#6b7285; --read:#2563eb; --write:#059669;
@@ -41,6 +50,7 @@ section.trace h2 { font-size: 16px; margin: 0 0 6px; font-family: ui-monospace, 
 .badge.ok { background: var(--write); }
 .legend { color: var(--muted); font-size: 12px; margin: 4px 0 8px; }
 .legend span { margin-right: 16px; }
+svg.timeline { display: block; width: 100%; max-width: 1240px; height: auto; }
 svg text { font: 11px ui-monospace, SFMono-Regular, Menlo, monospace; fill: var(--fg); }
 svg .lane-label { font: 600 12px system-ui, sans-serif; }
 svg .axis { fill: var(--muted); }
@@ -61,6 +71,7 @@ th, td { text-align: left; padding: 4px 8px; border-bottom: 1px solid #edf0f5;
   vertical-align: top; }
 th { color: var(--muted); font-weight: 600; }
 td.mono, .mono { font-family: ui-monospace, monospace; }
+td, li, h2 { overflow-wrap: anywhere; }  /* long fact keys wrap instead of overflowing */
 tr.anomalous td { background: #fff1f1; } tr.evidence td { background: #fff8e6; }
 tr.hl td { outline: 2px solid #111; }
 .anomalies li { margin: 6px 0; }
@@ -109,8 +120,9 @@ def render(views: Sequence[TraceView], *, total_traces: int, sources: Sequence[s
         f"<style>{_CSS}</style></head>",
         f'<body data-rendered="false" data-traces="{len(views)}" data-anomalies="{len(findings)}">',
         "<header><h1>State timeline</h1>",
-        f'<div class="meta">{escape(", ".join(sources))} &middot; {total_traces} traces read, '
-        f"{len(views)} shown &middot; {errors} error and {warnings} warning anomalies</div>",
+        f'<div class="meta">{escape(", ".join(sources))} &middot; '
+        f"{_n(total_traces, 'trace')} read, {len(views)} shown &middot; {errors} error and "
+        f"{_n(warnings, 'warning anomaly', 'warning anomalies')}</div>",
         "</header><main>",
     ]
     if not views:
@@ -152,6 +164,47 @@ def _lanes(view: TraceView) -> list[str]:
     return list(lanes) or ["(no agent)"]
 
 
+class _Placed(NamedTuple):
+    """Where an observation's mark and label go: no label leaves the drawing or overlaps
+    another label of its lane."""
+
+    cx: float
+    row: int
+    text: str
+    left: bool  # the label ends left of the mark (it would run off the right edge)
+
+
+def _place(marks: list[tuple[float, float, str]]) -> tuple[list[_Placed], int]:
+    """(mark x, mark end x, label) for one lane's observations in time order -> placements
+    and the number of rows used. Greedy interval packing: each mark with its label takes the
+    first row where it fits between what is already there."""
+    rows: list[list[tuple[float, float]]] = []
+    out = []
+    right_edge, left_edge = _WIDTH - 6, _LEFT + 6
+    for cx, end, label in marks:
+        room_right = right_edge - (cx + 20)
+        room_left = (cx - 10) - left_edge
+        left = len(label) * _CHAR > room_right and room_left > room_right
+        room = room_left if left else room_right
+        text = _short(label, max(int(room // _CHAR), 4))
+        width = len(text) * _CHAR
+        lo, hi = (cx - 10 - width, max(cx + 18, end)) if left else (cx - 8, cx + 20 + width)
+        free = (
+            r
+            for r, taken in enumerate(rows)
+            if all(hi + _GAP <= a or lo >= b + _GAP for a, b in taken)
+        )
+        row = next(free, len(rows))
+        if row == len(rows):
+            if row >= _MAX_ROWS:  # share the row whose last label ends first
+                row = min(range(len(rows)), key=lambda r: rows[r][-1][1])
+            else:
+                rows.append([])
+        rows[row].append((lo, hi))
+        out.append(_Placed(cx, row, text, left))
+    return out, max(len(rows), 1)
+
+
 def _trace_section(view: TraceView) -> str:
     lanes = _lanes(view)
     lane_of = {agent: i for i, agent in enumerate(lanes)}
@@ -165,23 +218,45 @@ def _trace_section(view: TraceView) -> str:
     def x(t: int) -> float:
         return round(_LEFT + (t - t0) / span * plot, 1)
 
-    def y(agent: str) -> int:
-        return _TOP + lane_of.get(agent, 0) * _LANE
+    observations = sorted(view.observations, key=lambda o: o.start_ns)
+    by_lane: dict[str, list[Observation]] = {}
+    for obs in observations:
+        by_lane.setdefault(obs.agent if obs.agent in lane_of else lanes[0], []).append(obs)
+    placed: dict[str, _Placed] = {}
+    heights: dict[str, int] = {}
+    for agent in lanes:
+        mine = by_lane.get(agent, [])
+        spots, rows = _place([(x(o.start_ns), x(o.end_ns), _label(o, short=True)) for o in mine])
+        placed.update((o.span_id, spot) for o, spot in zip(mine, spots, strict=True))
+        heights[agent] = max(_LANE, _FIRST_ROW + (rows - 1) * _ROW + 12 + _BOTTOM)
+    tops: dict[str, int] = {}
+    top = _TOP
+    for agent in lanes:
+        tops[agent] = top
+        top += heights[agent]
 
-    height = _TOP + len(lanes) * _LANE + 10
+    def y(agent: str) -> int:
+        return tops.get(agent, _TOP)
+
+    def lane_height(agent: str) -> int:
+        return heights.get(agent, _LANE)
+
+    height = top + 10
     offending = {f.span_id: f for f in view.findings}
     evidence: dict[str, Finding] = {}
     for f in view.findings:
         for span_id in f.evidence_span_ids:
             evidence.setdefault(span_id, f)
     svg = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" height="{height}" '
-        f'viewBox="0 0 {_WIDTH} {height}" role="img" aria-label="state timeline">'
+        f'<svg class="timeline" xmlns="http://www.w3.org/2000/svg" width="{_WIDTH}" '
+        f'height="{height}" viewBox="0 0 {_WIDTH} {height}" role="img" '
+        'aria-label="state timeline">'
     ]
     for ms_tick in range(6):
         t = t0 + span * ms_tick // 5
+        anchor = "start" if ms_tick == 0 else "end" if ms_tick == 5 else "middle"
         svg.append(
-            f'<text class="axis" x="{x(t)}" y="14" text-anchor="middle">'
+            f'<text class="axis" x="{x(t)}" y="14" text-anchor="{anchor}">'
             f"{(t - t0) / 1e6:.1f} ms</text>"
             f'<line x1="{x(t)}" y1="20" x2="{x(t)}" y2="{height - 6}" stroke="#e3e7ef"/>'
         )
@@ -189,28 +264,32 @@ def _trace_section(view: TraceView) -> str:
         top = y(agent)
         svg.append(
             f'<rect class="lane-bg" x="{_LEFT}" y="{top + 4}" width="{plot}" '
-            f'height="{_LANE - 8}" rx="4"/>'
-            f'<text class="lane-label" x="8" y="{top + _LANE // 2 + 4}">'
+            f'height="{lane_height(agent) - 8}" rx="4"/>'
+            f'<text class="lane-label" x="8" y="{top + lane_height(agent) // 2 + 4}">'
             f"{escape(_short(agent, 22))}</text>"
         )
     for scope in view.scopes:
-        svg.append(_scope_bar(scope, x, y, t1))
+        svg.append(_scope_bar(scope, x(scope.start_ns), x(scope.end_ns or t1), y, lane_height))
     position: dict[str, tuple[float, float]] = {}
-    for index, obs in enumerate(sorted(view.observations, key=lambda o: o.start_ns)):
-        svg.append(_obs_mark(obs, index, x, y, offending, position))
+    for obs in observations:
+        spot = placed[obs.span_id]
+        agent = obs.agent if obs.agent in lane_of else lanes[0]
+        cy = y(agent) + _FIRST_ROW + spot.row * _ROW
+        svg.append(_obs_mark(obs, spot, cy, x(obs.end_ns), offending, position))
     for end in view.txn_ends:
         agent = end.agent if end.agent in lane_of else lanes[0]
-        cx, cy = x(end.end_ns), y(agent) + 16
+        cx, cy = x(end.end_ns), y(agent) + 14
         position.setdefault(end.span_id, (cx, cy))
         svg.append(
-            f'<g class="obs" data-span="{end.span_id}"><title>{end.outcome} of transaction '
-            f"{escape(end.txn_id)} (span {end.span_id})</title>"
-            f'<path d="M{cx - 5},{cy - 5} L{cx + 5},{cy + 5} M{cx - 5},{cy + 5} '
-            f'L{cx + 5},{cy - 5}" stroke="#444" stroke-width="2"/></g>'
+            f'<g class="obs txn-end" data-span="{end.span_id}"><title>{end.outcome} of '
+            f"transaction {escape(end.txn_id)} (span {end.span_id})</title>"
+            f'<path d="M{cx - 4},{cy - 4} L{cx + 4},{cy + 4} M{cx - 4},{cy + 4} '
+            f'L{cx + 4},{cy - 4}" stroke="#444" stroke-width="2"/></g>'
         )
     for scope in view.scopes:
         if scope.span_id not in position:
-            position[scope.span_id] = (x(scope.end_ns or t1), y(scope.agent) + _LANE - 16)
+            bottom = y(scope.agent) + lane_height(scope.agent) - _BOTTOM + 8
+            position[scope.span_id] = (x(scope.end_ns or t1), bottom)
     for f in view.findings:
         origin = position.get(f.span_id)
         if origin is None:
@@ -240,8 +319,8 @@ def _trace_section(view: TraceView) -> str:
         [
             f'<section class="trace" id="t-{view.trace_id}" data-trace="{view.trace_id}">',
             f"<h2>trace {view.trace_id}</h2>",
-            f"<div>{badges} {view.spans} spans, {len(view.observations)} observations, "
-            f"{len(lanes)} agents</div>",
+            f"<div>{badges} {_n(view.spans, 'span')}, "
+            f"{_n(len(view.observations), 'observation')}, {_n(len(lanes), 'agent')}</div>",
             '<div class="legend"><span style="color:var(--read)">&#9679; read</span>'
             '<span style="color:var(--write)">&#9632; write</span>'
             "<span>&#9633; uncommitted / failed write</span>"
@@ -255,17 +334,28 @@ def _trace_section(view: TraceView) -> str:
     )
 
 
-def _scope_bar(scope: Scope, x: object, y: object, t_end: int) -> str:
-    assert callable(x) and callable(y)
-    top = y(scope.agent)
-    inset = {ScopeKind.AGENT: 8, ScopeKind.WORKFLOW: 8, ScopeKind.DECISION: 48}.get(scope.kind, 54)
-    heightbar = 6 if scope.kind != ScopeKind.AGENT else _LANE - 16
-    left, right = x(scope.start_ns), x(scope.end_ns or t_end)
+def _scope_bar(
+    scope: Scope,
+    left: float,
+    right: float,
+    y: Callable[[str], int],
+    lane_height: Callable[[str], int],
+) -> str:
+    """An agent span fills its lane behind the marks; decisions and mutations are thin bars
+    under the rows of labels, so no label lies on them."""
+    top, lane = y(scope.agent), lane_height(scope.agent)
+    if scope.kind in (ScopeKind.AGENT, ScopeKind.WORKFLOW):
+        bar_top, bar_height = top + 8, lane - 16
+    elif scope.kind == ScopeKind.DECISION:
+        bar_top, bar_height = top + lane - _BOTTOM + 2, 5
+    else:
+        bar_top, bar_height = top + lane - _BOTTOM + 9, 5
     failed = " failed" if scope.failed else ""
     label = f"{scope.kind.value} {scope.name}" + (" (failed)" if scope.failed else "")
     return (
-        f'<rect class="scope{failed}" data-span="{scope.span_id}" x="{left}" '
-        f'y="{top + inset}" width="{max(right - left, 2)}" height="{heightbar}" rx="3" '
+        f'<rect class="scope{failed}" data-kind="{scope.kind.value}" '
+        f'data-span="{scope.span_id}" x="{left}" y="{bar_top}" width="{max(right - left, 2)}" '
+        f'height="{bar_height}" rx="3" '
         f'opacity="{0.55 if scope.kind == ScopeKind.AGENT else 0.9}">'
         f"<title>{escape(label)} (span {scope.span_id})</title></rect>"
     )
@@ -273,22 +363,18 @@ def _scope_bar(scope: Scope, x: object, y: object, t_end: int) -> str:
 
 def _obs_mark(
     obs: Observation,
-    index: int,
-    x: object,
-    y: object,
+    spot: _Placed,
+    cy: float,
+    end_x: float,
     offending: dict[str, Finding],
     position: dict[str, tuple[float, float]],
 ) -> str:
-    assert callable(x) and callable(y)
-    top = y(obs.agent)
-    cx = x(obs.start_ns)
-    row = index % 3
-    cy = top + 22 + row * 16
+    cx = spot.cx
     position[obs.span_id] = (cx, cy)
     parts = [f'<g class="obs" data-span="{obs.span_id}">']
     tip = _obs_text(obs)
     parts.append(f"<title>{escape(tip)} (span {obs.span_id})</title>")
-    width = max(x(obs.end_ns) - cx, 2)
+    width = max(end_x - cx, 2)
     parts.append(f'<rect x="{cx}" y="{cy + 7}" width="{width}" height="2" fill="#94a3b8"/>')
     if obs.writes:
         cls = "failed-op" if obs.failed else "pending" if not obs.committed else "write"
@@ -296,9 +382,9 @@ def _obs_mark(
     if obs.reads:
         dx = 12 if obs.writes else 0
         parts.append(f'<circle class="read" cx="{cx + dx}" cy="{cy}" r="5"/>')
-    label = _short(_label(obs, short=True), 46)
     bold = ' font-weight="700"' if obs.span_id in offending else ""
-    parts.append(f'<text x="{cx + 20}" y="{cy + 4}"{bold}>{escape(label)}</text>')
+    where = f'x="{cx - 10}" text-anchor="end"' if spot.left else f'x="{cx + 20}"'
+    parts.append(f'<text class="obs-label" {where} y="{cy + 4}"{bold}>{escape(spot.text)}</text>')
     parts.append("</g>")
     return "".join(parts)
 
@@ -324,6 +410,11 @@ def _obs_text(obs: Observation) -> str:
 
 def _short(text: str, size: int) -> str:
     return text if len(text) <= size else text[: size - 1] + "\u2026"
+
+
+def _n(count: int, one: str, many: str = "") -> str:
+    """`1 span`, `2 spans`."""
+    return f"{count} {one if count == 1 else many or one + 's'}"
 
 
 def _anomaly_list(view: TraceView) -> str:
