@@ -78,18 +78,19 @@ def run_example(
     redis_url: str,
     instrumentor: str | None = None,
     disabled: str = "",
+    rules: bool = True,
 ) -> Run:
     """Run examples/frameworks/`example` in `mode` (`stale` or `correct`) with the tables
-    and keys named by `prefix`, the example's fact rules, and (when given) one GenAI
-    instrumentor switched on by tests/apps/with_instrumentor.py."""
+    and keys named by `prefix`, the example's fact rules (none when `rules` is false), and
+    (when given) one GenAI instrumentor switched on by tests/apps/with_instrumentor.py."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("OTEL_", "PYTHONPATH", "OPENAI_", "TRACELOOP_"))
     }
     env.update(CREDIT_PREFIX=prefix, CREDIT_PG=postgres_dsn, CREDIT_REDIS=f"{redis_url}/0")
-    rules = tmp_path / "credit_facts.toml"
-    rules.write_text(
+    rules_file = tmp_path / "credit_facts.toml"
+    rules_file.write_text(
         subprocess.run(
             [sys.executable, str(EXAMPLES / "credit_store.py")],
             env=env,
@@ -99,8 +100,9 @@ def run_example(
             timeout=60,
         ).stdout
     )
+    if rules:
+        env["OTEL_AGENTSTATE_CONFIG"] = str(rules_file)
     env.update(
-        OTEL_AGENTSTATE_CONFIG=str(rules),
         OTEL_TRACES_EXPORTER="console",
         OTEL_METRICS_EXPORTER="none",
         OTEL_LOGS_EXPORTER="none",

@@ -44,3 +44,24 @@ def test_correct_twin_has_no_finding(tmp_path: Path, postgres_dsn: str, redis_ur
     assert run.agents_of_observations() == {"scorer", "risk"}
     # The risk agent read the limit again inside `assess`: the scorer's n:2.
     assert run.decision_inputs("execute_tool assess") == [["credit_limit/42@n:1"]]
+
+
+def test_with_no_config_the_lost_update_is_found_and_the_cache_is_another_fact(
+    tmp_path: Path, postgres_dsn: str, redis_url: str
+) -> None:
+    # No fact rule: row versions are digests, and the Redis key is a fact of its own, so the
+    # stale cached score is not comparable with the row (README "Add it to an existing
+    # stack"); both agents overwriting one limit read at the same digest still is.
+    require("pydantic_ai")
+    run = run_example(
+        tmp_path,
+        EXAMPLE,
+        "stale",
+        prefix="fwt_pyd",
+        postgres_dsn=postgres_dsn,
+        redis_url=redis_url,
+        rules=False,
+    )
+    expected = [("lost_update", "postgresql:test/fwt_pyd_limits/42", ("scorer", "risk"), "error")]
+    assert run.online == expected
+    assert run.offline == expected
