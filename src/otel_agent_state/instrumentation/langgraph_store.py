@@ -18,7 +18,6 @@ UTC text): two writes within one second share a version, so findings between the
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import logging
 from collections.abc import Collection, Sequence
 from typing import Any
@@ -30,16 +29,14 @@ from .. import __version__
 from .. import attributes as A
 from ..core.config import get_settings
 from ..genai_memory import memory_span_attributes
+from ._memory import quiet_wrapper
 from ._vector import (
     Fetch,
     Plan,
     VectorCall,
-    async_wrapper,
     field_value,
     field_version,
     key_part,
-    suppressed,
-    sync_wrapper,
     version_field,
 )
 from ._wrapping import Wrapped, unwrap_all, wrap_under
@@ -68,26 +65,6 @@ _BACKENDS = (
     ("langgraph.store.sqlite", ("SqliteStore", "AsyncSqliteStore")),
     ("langgraph.store.postgres", ("PostgresStore", "AsyncPostgresStore")),
 )
-
-
-class _Quiet:
-    """The application's call with instrumentation suppressed beneath our span. `__func__`
-    is the wrapped function's, so `_vector.bind` reads the real signature (and caches it)."""
-
-    def __init__(self, wrapped: Any, is_async: bool) -> None:
-        self.wrapped = wrapped
-        self.__func__ = getattr(wrapped, "__func__", wrapped)
-        self.is_async = is_async
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self.is_async:
-            return self._acall(*args, **kwargs)
-        with suppressed():
-            return self.wrapped(*args, **kwargs)
-
-    async def _acall(self, *args: Any, **kwargs: Any) -> Any:
-        with suppressed():
-            return await self.wrapped(*args, **kwargs)
 
 
 # --------------------------------------------------------------------------- ops
@@ -270,21 +247,6 @@ class _Store:
         call.record_reads()
 
 
-def _quiet_wrapper(make: Any, handler: _Store, method: str, is_async: bool) -> Any:
-    inner = make(handler, method)
-    if is_async:
-
-        async def awrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-            return await inner(_Quiet(wrapped, True), instance, args, kwargs)
-
-        return functools.update_wrapper(awrapper, inner)
-
-    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-        return inner(_Quiet(wrapped, False), instance, args, kwargs)
-
-    return functools.update_wrapper(wrapper, inner)
-
-
 class LangGraphStoreInstrumentor(BaseInstrumentor):  # type: ignore[misc]
     """Wraps `BaseStore`'s public memory methods and the known backends' `batch`/`abatch`."""
 
@@ -315,9 +277,7 @@ class LangGraphStoreInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                     targets.extend((cls, m) for m in _BATCH if m in vars(cls))
         for cls, method in targets:
             is_async = method.startswith("a")
-            wrapper = _quiet_wrapper(
-                async_wrapper if is_async else sync_wrapper, handler, method, is_async
-            )
+            wrapper = quiet_wrapper(handler, method, is_async)
             if wrap_under(cls, method, wrapper):
                 self._wrapped.append((cls, method, wrapper))
 
