@@ -43,4 +43,10 @@ step "installing contrib psycopg/psycopg2/asyncpg instrumentations (without thei
   opentelemetry-instrumentation-asyncpg==0.66b1 \
   opentelemetry-instrumentation-pymysql==0.66b1 \
   opentelemetry-instrumentation-mysqlclient==0.66b1
+# mem0ai pins protobuf<7 (the OTLP exporters here run on 7.x); its code runs on 7.x, so the
+# mem0 tests install it without its pins, after the dependencies it does use.
+step "installing mem0ai (without its protobuf pin)"
+.venv/bin/python -m pip install --disable-pip-version-check \
+  posthog==7.91.1 pytz==2026.6 backoff==2.2.1 "openai>=1.90" "httpx>=0.28"
+.venv/bin/python -m pip install --disable-pip-version-check --no-deps mem0ai==2.2.1
 step "done"
