@@ -88,3 +88,29 @@ def test_setup_script_installs_what_the_tests_drive() -> None:
     text = (ROOT / "scripts" / "setup.sh").read_text()
     assert "need+=(prometheus)" in text and "need+=(chromium)" in text
     assert 'pip install --disable-pip-version-check -e ".[dev]"' in text  # visible progress
+
+
+def test_readme_install_lines_work_in_every_shell() -> None:
+    """`pip install otel-agent-state[redis]` is a glob in zsh ("no matches found")."""
+    readme = (ROOT / "README.md").read_text()
+    installs = re.findall(r"pip install ([^\n`]*\[[^\n`]*)", readme)
+    assert installs, "the README shows installs with extras"
+    for words in installs:
+        quoted = r"'[^']*\[[^']*\]'.*" + "|" + r'"[^"]*\[[^"]*\]".*'
+        assert re.fullmatch(quoted, words), f"unquoted: pip install {words}"
+
+
+def test_readme_documents_every_observation_attribute() -> None:
+    from otel_agent_state import attributes as A
+
+    readme = (ROOT / "README.md").read_text()
+    for name in (A.OP, A.READ_FACTS, A.WRITE_FACTS, A.TXN_OUTCOME, A.CONSISTENCY):
+        assert f"`{name}`" in readme.split("## What goes on the spans")[1].split("\n## ")[0]
+
+
+def test_readme_shows_the_check_pipe_and_its_robust_forms() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "opentelemetry-instrument python my_agents.py \\\n" in readme
+    assert "| otel-agent-state check -" in readme
+    for needle in ("OTEL_TRACES_EXPORTER=otlp", "--require-spans", "`file`"):
+        assert needle in readme

@@ -252,7 +252,7 @@ def test_bad_requests_are_refused(
 
 def test_paths_and_methods(running: Running) -> None:
     base = running.url.removesuffix("/v1/traces")
-    assert _post(base + "/v1/metrics", b"", PROTOBUF)[0] == 404
+    assert _post(base + "/v1/other", b"", PROTOBUF)[0] == 404
     assert _post(running.url, b"", PROTOBUF, method="GET")[0] == 405
     assert _post(running.url, b"", PROTOBUF)[0] == 200  # an empty request is valid
 
@@ -447,3 +447,43 @@ def test_a_busy_grpc_port_is_an_error_not_a_shared_port(sink: Sink) -> None:
             Receiver(TraceBuffer(), made.reporter, port=0, grpc_port=port)
     finally:
         made.receiver.stop()
+
+
+def test_metrics_and_logs_sent_to_serve_are_taken_and_dropped(
+    running: Running, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An application pointed at serve with OTEL_EXPORTER_OTLP_ENDPOINT also sends metrics
+    (OTEL_METRICS_EXPORTER defaults to otlp): no UNIMPLEMENTED / 404 errors for it to log."""
+    from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
+        OTLPMetricExporter as GrpcMetrics,
+    )
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetrics,
+    )
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricExportResult
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    provider.get_meter("m").create_counter("c").add(1)
+    data = reader.get_metrics_data()
+    assert data is not None
+    base = running.url.removesuffix("/v1/traces")
+    with caplog.at_level(logging.INFO, logger="otel_agent_state.serve"):
+        for exporter in (
+            GrpcMetrics(endpoint=f"http://{running.grpc}", insecure=True, timeout=5),
+            HttpMetrics(endpoint=base + "/v1/metrics", timeout=5),
+        ):
+            assert exporter.export(data) == MetricExportResult.SUCCESS
+            exporter.shutdown()
+        assert _post(base + "/v1/logs", b"{}", JSON) == (200, JSON, b"{}")
+    provider.shutdown()
+    notes = [r.getMessage() for r in caplog.records if r.getMessage().startswith("received")]
+    assert notes == [  # once per signal
+        "received OTLP metrics: dropped (serve judges traces only; set "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, not OTEL_EXPORTER_OTLP_ENDPOINT, to send it "
+        "traces alone)",
+        "received OTLP logs: dropped (serve judges traces only; set "
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, not OTEL_EXPORTER_OTLP_ENDPOINT, to send it "
+        "traces alone)",
+    ]

@@ -65,17 +65,20 @@ DEFAULT_MAX_BODY = 64 << 20
 DEFAULT_RETAIN_MS = 60_000
 
 _DESCRIPTION = """\
-Receive OTLP traces (gRPC and HTTP) from every service of a multi-agent system, judge each whole
-trace across processes (stale reads, divergent views, orphaned mutations, lost updates)
-and re-export the anomalies over OTLP: spans named 'agentstate.anomaly <kind>' (children
-of the offending span, linked to the evidence) and the metrics agentstate.anomalies,
-agentstate.stale_read.lag and agentstate.observations.
+Receive OTLP traces (gRPC and HTTP) from every service of a multi-agent system, judge
+each whole trace across processes (stale reads, divergent views, orphaned mutations, lost
+updates) and re-export the anomalies over OTLP: spans named 'agentstate.anomaly <kind>'
+(children of the offending span, linked to the evidence) and the metrics
+agentstate.anomalies, agentstate.stale_read.lag and agentstate.observations.
 
 Point the services' exporters (or a collector) at it, as at a Collector: OTLP/gRPC on
 port 4317 (the SDK exporter's default protocol), OTLP/HTTP on 4318:
 
-    OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4317
-    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf OTEL_EXPORTER_OTLP_ENDPOINT=http://HOST:4318
+    OTEL_TRACES_EXPORTER=otlp OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://HOST:4317
+    OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf \\
+        OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://HOST:4318/v1/traces
+
+(OTLP metrics and logs sent here are taken and dropped: serve judges traces.)
 
 OTLP/HTTP takes application/x-protobuf and application/json bodies, gzip or not, on
 /v1/traces; OTLP/gRPC the TraceService Export call, compressed or not.
@@ -445,6 +448,7 @@ class Receiver:
         self._stopped = threading.Event()
         self._judge_lock = threading.Lock()
         self.grpc_on_http_port = 0
+        self._dropped_signals: set[str] = set()
         self.server = ThreadingHTTPServer((host, port), handler(self))
         self.server.daemon_threads = True
         self.grpc: Any = None
@@ -453,7 +457,11 @@ class Receiver:
 
             try:
                 self.grpc = GrpcReceiver(
-                    self.accept_protobuf, host=host, port=grpc_port, max_body=max_body
+                    self.accept_protobuf,
+                    host=host,
+                    port=grpc_port,
+                    max_body=max_body,
+                    dropped=self.dropped_signal,
                 )
             except BaseException:
                 self.server.server_close()
@@ -471,6 +479,17 @@ class Receiver:
     @property
     def grpc_address(self) -> str | None:
         return self.grpc.address if self.grpc is not None else None
+
+    def dropped_signal(self, signal: str) -> None:
+        """Metrics or logs sent here: dropped, said once per signal."""
+        if signal not in self._dropped_signals:
+            self._dropped_signals.add(signal)
+            _log.info(
+                "received OTLP %s: dropped (serve judges traces only; set "
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, not OTEL_EXPORTER_OTLP_ENDPOINT, to send "
+                "it traces alone)",
+                signal,
+            )
 
     def accept_protobuf(self, body: bytes) -> tuple[int, str]:
         """Take one protobuf ExportTraceServiceRequest (an OTLP/gRPC request); returns the

@@ -24,6 +24,13 @@ _log = logging.getLogger("otel_agent_state.serve")
 
 DEFAULT_GRPC_PORT = 4317
 SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+# The other signals an SDK sends to the same endpoint (OTEL_METRICS_EXPORTER and
+# OTEL_LOGS_EXPORTER default to otlp): taken and dropped, as serve judges traces only,
+# rather than answered UNIMPLEMENTED (an error the application would log every minute).
+OTHER_SERVICES = {
+    "opentelemetry.proto.collector.metrics.v1.MetricsService": "metrics",
+    "opentelemetry.proto.collector.logs.v1.LogsService": "logs",
+}
 
 # Takes the protobuf bytes of one ExportTraceServiceRequest; returns the number of spans
 # refused (partial success) and why; raises FormatError for a bad request.
@@ -39,7 +46,14 @@ class GrpcReceiver:
     """A gRPC server with the OTLP TraceService; `accept` does the work."""
 
     def __init__(
-        self, accept: Accept, *, host: str, port: int, max_body: int, workers: int = 4
+        self,
+        accept: Accept,
+        *,
+        host: str,
+        port: int,
+        max_body: int,
+        workers: int = 4,
+        dropped: Callable[[str], None] = lambda signal: None,
     ) -> None:
         # grpcio ships no type hints: its module is used as Any.
         grpc: Any = importlib.import_module("grpc")
@@ -59,7 +73,14 @@ class GrpcReceiver:
             # No (de)serializers: the request's bytes go to the shared protobuf decoder.
             {"Export": grpc.unary_unary_rpc_method_handler(self._export)},
         )
-        self.server.add_generic_rpc_handlers((handler,))
+        others = [
+            grpc.method_handlers_generic_handler(
+                service, {"Export": grpc.unary_unary_rpc_method_handler(self._drop(signal))}
+            )
+            for service, signal in OTHER_SERVICES.items()
+        ]
+        self._dropped = dropped
+        self.server.add_generic_rpc_handlers((handler, *others))
         try:
             bound = self.server.add_insecure_port(f"{_bracketed(host)}:{port}")
         except RuntimeError as exc:  # grpcio >= 1.6x raises instead of returning 0
@@ -79,6 +100,13 @@ class GrpcReceiver:
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop taking requests; those in flight get `grace_s` to finish."""
         self.server.stop(grace_s).wait(grace_s + 1)
+
+    def _drop(self, signal: str) -> Callable[[bytes, Any], bytes]:
+        def export(request: bytes, context: Any) -> bytes:
+            self._dropped(signal)
+            return b""  # an empty Export*ServiceResponse: full success
+
+        return export
 
     def _export(self, request: bytes, context: Any) -> bytes:
         from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (

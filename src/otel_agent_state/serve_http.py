@@ -17,6 +17,9 @@ from .offline import FormatError, SpanEvent, SpanLink, SpanRecord, spans_from_ot
 _log = logging.getLogger("otel_agent_state.serve")
 
 TRACES_PATH = "/v1/traces"
+# The other signals an SDK sends to the same endpoint (OTEL_METRICS_EXPORTER and
+# OTEL_LOGS_EXPORTER default to otlp): taken and dropped, as serve judges traces only.
+OTHER_SIGNALS = ("/v1/metrics", "/v1/logs")
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
 
@@ -190,7 +193,18 @@ def handler(receiver: Any) -> type[BaseHTTPRequestHandler]:
             return size
 
         def _post(self) -> None:
-            if self.path.split("?")[0] != TRACES_PATH:
+            path = self.path.split("?")[0]
+            if path in OTHER_SIGNALS:
+                self._drain()
+                receiver.dropped_signal(path.rsplit("/", 1)[1])
+                content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+                # An empty Export*ServiceResponse: b"" in protobuf, {} in JSON.
+                if content_type.lower() == JSON:
+                    self._reply(200, JSON, b"{}")
+                else:
+                    self._reply(200, PROTOBUF, b"")
+                return
+            if path != TRACES_PATH:
                 self._drain()
                 self._reply(404, "text/plain", b"not found: POST to /v1/traces")
                 return
