@@ -446,3 +446,21 @@ def test_our_decision_records_what_was_read_before_it_and_inside_it(
             observe_read("dec/limit", "n:3")  # read again: listed once
     span = telemetry.span_named("decision approve")
     assert _attrs(span)[A.DECISION_INPUTS] == ("dec/limit@n:3", "dec/score@n:2")
+
+
+@pytest.mark.parametrize("convention", sorted(TOOL_SPANS))
+def test_a_tool_span_that_says_so_only_when_it_ends_is_still_an_act(
+    telemetry: Telemetry, convention: str
+) -> None:
+    # Both LangChain instrumentations set their attributes when the span ends.
+    tracer = _framework(telemetry)
+    with tracer.start_as_current_span("workflow"):
+        with _invoke_agent(tracer, "scorer"):
+            observe_write("late/score", "n:2")
+        with _invoke_agent(tracer, "risk"):
+            observe_read("late/score", "n:1")
+            with tracer.start_as_current_span("lookup") as tool:
+                tool.set_attributes(TOOL_SPANS[convention])
+    expected = [("stale_read", "late/score", ("risk", "scorer"), "error")]
+    assert _online_findings(telemetry) == expected
+    assert _offline_findings(telemetry) == expected

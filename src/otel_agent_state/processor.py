@@ -391,6 +391,8 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             ctx = self._fallback_ctx(span)
         elif ctx.scope_kind is None and not ctx.local_root:
             if A.OP not in attrs and A.TXN_OUTCOME not in attrs:
+                if any(key in attrs for key in _NAMING_KEYS):
+                    self._late_decision(span, ctx, attrs)
                 self._maybe_sweep()
                 return  # a span with no state on it: nothing more to do
         else:
@@ -426,6 +428,36 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             found.extend(self._ledger.close_trace(ctx.trace_id))
         self._emit(found)
         self._maybe_sweep()
+
+    def _late_decision(self, span: ReadableSpan, ctx: _Ctx, attrs: Mapping[str, Any]) -> None:
+        """A tool span that said so only when it ended (both LangChain instrumentations set
+        their attributes then): its agent acted, as `check` sees it (SPEC §3). Reads inside
+        it were not marked as the decision's; the act is what changes severity."""
+        if self._scope_kind(attrs, span.name) != ScopeKind.DECISION:
+            return
+        named = adapter.agent_name(attrs, span.name)
+        moved = named is not None and named != ctx.agent  # as adapter.attribute has it
+        agent = named or ctx.agent or self._service(span)
+        scope = Scope(
+            span_id=_hex_span(_context(span).span_id),
+            trace_id=ctx.trace_id,
+            kind=ScopeKind.DECISION,
+            agent=agent,
+            start_ns=span.start_time or 0,
+            end_ns=None,
+            parent_agent_scope=None if moved else ctx.agent_scope,
+            name=adapter.scope_name(attrs, span.name),
+        )
+        found = self._ledger.add_scope(scope)
+        failed = adapter.scope_failed(
+            attrs,
+            span.status.status_code == StatusCode.ERROR,
+            any(event.name == "exception" for event in span.events),
+        )
+        found.extend(
+            self._ledger.add_scope(replace(scope, end_ns=span.end_time or 0, failed=failed))
+        )
+        self._emit(found)
 
     def _maybe_sweep(self) -> None:
         now = time.monotonic()
