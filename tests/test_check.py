@@ -768,3 +768,23 @@ def test_a_closed_pipe_ends_quietly(runs: dict[str, tuple[Scenario, Any]], tmp_p
     assert len(result.stdout.splitlines()) == 3
     assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
     assert result.returncode == 1  # the check's own status (error anomalies), not a crash
+
+
+def test_a_named_pipe_argument_plain_or_gzip(
+    runs: dict[str, tuple[Scenario, Any]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check <(zcat spans.gz)`, `check <(cat spans.jsonl.gz)`: input that cannot seek."""
+    import threading
+
+    _, outcome = runs["sqlite/replica_lag"]
+    plain = write_collector_lines(list(outcome.spans), tmp_path / "spans.jsonl").read_bytes()
+    expected = _check(capsys, str(tmp_path / "spans.jsonl"))
+    for n, data in enumerate((plain, gzip.compress(plain))):
+        fifo = tmp_path / f"fifo{n}"
+        os.mkfifo(fifo)
+        writer = threading.Thread(target=fifo.write_bytes, args=(data,))
+        writer.start()
+        try:
+            assert _check(capsys, str(fifo)) == expected
+        finally:
+            writer.join(timeout=30)

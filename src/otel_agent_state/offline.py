@@ -674,8 +674,7 @@ def open_input(name: str) -> TextIO:
         binary: Any = raw
     else:
         binary = open(name, "rb")  # noqa: SIM115 - the caller closes the text stream
-        head = binary.read(4)
-        binary.seek(0)
+        head = binary.peek(4)[:4]  # not read + seek: pipes (`<(zcat ...)`) cannot seek
     if head.startswith(_ZSTD):
         if name != "-":
             binary.close()
