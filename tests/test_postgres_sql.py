@@ -40,8 +40,10 @@ def test_schema_qualified_upsert_with_returning() -> None:
         "postgresql",
     )
     assert (stmt.operation, stmt.schema, stmt.table) == ("INSERT", "billing", "Invoices")
-    assert stmt.upsert and stmt.returning
-    assert stmt.insert_rows == ((Value("param", index=1), Value("param", index=2)),)
+    assert stmt.upsert and stmt.returning and stmt.conflict == ("id",)
+    # only the conflict target's value names the row that changes; `total` is masked
+    assert stmt.insert_rows == ((Value("param", index=1), Value("expr")),)
+    assert stmt.returning_columns == ("id",)
 
 
 def test_dollar_quoted_text_and_percent_signs_are_not_parameters() -> None:
@@ -51,7 +53,7 @@ def test_dollar_quoted_text_and_percent_signs_are_not_parameters() -> None:
 
 
 def test_ctes_and_sqlite_placeholders_stay_unresolved_or_literal() -> None:
-    assert analyse("WITH x AS (SELECT 1) SELECT * FROM t", "postgresql").unresolved == (
+    assert analyse("WITH t AS (SELECT 1) SELECT * FROM t", "postgresql").unresolved == (
         "with clause"
     )
     # `?` is an operator (jsonb) in PostgreSQL, not a placeholder
