@@ -700,7 +700,12 @@ class Hooks:
         self.reads = Reads()
 
     def flow(
-        self, cursor: Any, method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        cursor: Any,
+        method: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        rows: list[object] | None = None,
     ) -> Flow | None:
         try:
             if self.tracer() is None:  # the instrumentor is off
@@ -712,7 +717,9 @@ class Hooks:
             call = statement_call(method, args, kwargs)
             if call is None:
                 return None
-            return Flow(state, self.driver, conn, method, call.sql, call.params)
+            return Flow(
+                state, self.driver, conn, method, call.sql, call.params if rows is None else rows
+            )
         except Exception:
             _log.debug("preparing the observation failed", exc_info=True)
             return None
@@ -725,8 +732,8 @@ class Hooks:
         self.reads.finish(cursor)
         if not is_instrumentation_enabled():
             return args, None
-        args = materialise(method, args, kwargs)
-        return args, self.flow(cursor, method, args, kwargs)
+        args, rows = materialise(method, args, kwargs)
+        return args, self.flow(cursor, method, args, kwargs, rows)
 
     def keep(self, cursor: Any, read: _Read | None) -> None:
         if read is None:
@@ -822,13 +829,40 @@ def short(instance: Any, args: Any, kwargs: Any, rows: Any) -> bool:
     return len(rows) < (size or getattr(instance, "arraysize", 1))
 
 
-def materialise(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """executemany's parameter rows as a list we can read too (a generator is read once)."""
+def recording(rows: Any, sink: list[object]) -> Any:
+    """`rows` (executemany's parameter rows, any iterable) passed through as the driver takes
+    them, each kept in `sink` too: a generator is streamed, never drained first (the driver
+    may send rows as they come, and the caller's generator runs when it would have run).
+    `rows` itself when it is a list or tuple (read again afterwards) or not iterable (the
+    driver raises its own error for it)."""
+    if isinstance(rows, (list, tuple)):
+        sink.extend(rows)
+        return rows
+    try:
+        iterator = iter(rows)
+    except TypeError:
+        return rows
+    return _passing(iterator, sink)
+
+
+def _passing(iterator: Iterator[Any], sink: list[object]) -> Iterator[Any]:
+    for row in iterator:
+        sink.append(row)
+        yield row
+
+
+def materialise(
+    method: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], list[object] | None]:
+    """executemany's parameter rows streamed through `recording` (`kwargs` updated in
+    place), and the list they are kept in, filled as the driver takes them and read after
+    the call; None for other methods."""
     if method != "executemany":
-        return args
-    if len(args) > 1 and not isinstance(args[1], (list, tuple)):
-        return (args[0], list(args[1]), *args[2:])
+        return args, None
+    sink: list[object] = []
+    if len(args) > 1:
+        return (args[0], recording(args[1], sink), *args[2:]), sink
     for name in ("params_seq", "vars_list"):
-        if name in kwargs and not isinstance(kwargs[name], (list, tuple)):
-            kwargs[name] = list(kwargs[name])
-    return args
+        if name in kwargs:
+            kwargs[name] = recording(kwargs[name], sink)
+    return args, sink

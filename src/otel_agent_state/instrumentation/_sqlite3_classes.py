@@ -20,7 +20,7 @@ from typing import Any
 from opentelemetry import trace
 
 from ._dbapi import observe_rows
-from ._wrapping import subclass_under
+from ._wrapping import stand_in, subclass_under
 from .sqlite3 import (
     _connection_collected,
     _ConnState,
@@ -202,29 +202,9 @@ class ConnectionHooks(sqlite3.Connection):
         return result
 
 
-class _StandIn(type):
-    """The metaclass of our stand-ins for the C classes: `type(conn) == sqlite3.Connection`
-    holds (and hashes alike), as it does uninstrumented. Only `is` tells them apart."""
-
-    def __eq__(cls, other: object) -> bool:
-        return cls is other or other is cls.__dict__.get("_agentstate_c_class")
-
-    def __ne__(cls, other: object) -> bool:
-        return not cls.__eq__(other)
-
-    def __hash__(cls) -> int:
-        c_class = cls.__dict__.get("_agentstate_c_class")
-        return hash(c_class) if c_class is not None else type.__hash__(cls)
-
-
-def _mirror(name: str, hooks: type, c_class: type) -> type:
-    """The C class's stand-in: named as it is, so reprs and messages read the same."""
-    namespace = {"__module__": "sqlite3", "__qualname__": name, "_agentstate_c_class": c_class}
-    return _StandIn(name, (hooks,), namespace)
-
-
-Connection = _mirror("Connection", ConnectionHooks, sqlite3.Connection)
-Cursor = _mirror("Cursor", CursorHooks, sqlite3.Cursor)
+# Stand-ins for the C classes: named as they are, equal to them (`type(conn) == Connection`).
+Connection = stand_in(sqlite3.Connection, (ConnectionHooks,))
+Cursor = stand_in(sqlite3.Cursor, (CursorHooks,))
 
 
 def _under(base: Any, root: type, hooks: type, plain: type) -> type | None:

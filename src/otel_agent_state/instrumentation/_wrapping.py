@@ -88,18 +88,41 @@ def unwrap_all(wrapped: Wrapped) -> None:
 # --------------------------------------------------------------------------- subclasses
 
 
+class StandIn(type):
+    """The metaclass of our subclasses that stand in for a class the application chose (a C
+    connection or cursor class, or its own subclass of one): `type(conn) == DictConnection`
+    holds, and hashes alike, as it does uninstrumented. Only `is` tells them apart."""
+
+    def __eq__(cls, other: object) -> bool:
+        return cls is other or other is cls.__dict__.get("_agentstate_stands_for")
+
+    def __ne__(cls, other: object) -> bool:
+        return not cls.__eq__(other)
+
+    def __hash__(cls) -> int:
+        original = cls.__dict__.get("_agentstate_stands_for")
+        return hash(original) if original is not None else type.__hash__(cls)
+
+
+def stand_in(original: type, bases: tuple[type, ...], **namespace: Any) -> type:
+    """A class with `bases` named as `original` is (name, qualified name, module, so reprs
+    and messages read the same) and equal to it."""
+    namespace.setdefault("__module__", original.__module__)
+    namespace.setdefault("__qualname__", original.__qualname__)
+    namespace.setdefault("__doc__", original.__doc__)
+    namespace["_agentstate_stands_for"] = original
+    return StandIn(original.__name__, bases, namespace)
+
+
 def subclass_under(base: type, root: type, traced_root: type, **namespace: Any) -> type:
     """A subclass of `base` (an application's subclass of the C class `root`) whose method
     resolution runs `base`'s own overrides first and ours (`traced_root`, a subclass of
     `root`) just above `root`: `Dict*`'s `cursor()` still picks its cursor class, ours only
-    sees the result. The name, qualified name and module stay `base`'s. Raises TypeError
-    when the hierarchies do not merge (the caller then leaves `base` alone)."""
+    sees the result. It stands in for `base` (`stand_in`). Raises TypeError when the
+    hierarchies or metaclasses do not merge (the caller then leaves `base` alone)."""
     if base is root:
         return traced_root
-    namespace.setdefault("__module__", base.__module__)
-    namespace.setdefault("__qualname__", base.__qualname__)
-    namespace.setdefault("__doc__", base.__doc__)
-    return type(base.__name__, (base, traced_root), namespace)
+    return stand_in(base, (base, traced_root), **namespace)
 
 
 # --------------------------------------------------------------------------- semantic conventions

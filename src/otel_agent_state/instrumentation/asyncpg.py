@@ -94,7 +94,7 @@ def _rowcount(kind: str, result: Any) -> int:
     return -1
 
 
-def _rows(kind: str, result: Any, flow: Flow, column: int) -> tuple[list[str], list[Any]] | None:
+def _rows(kind: str, result: Any, flow: Flow, column: object) -> tuple[list[str], list[Any]] | None:
     """(column names, rows as tuples) of a read result; None when it says nothing of rows."""
     if kind == "fetch" and isinstance(result, list):
         names = list(result[0].keys()) if result else []
@@ -102,8 +102,11 @@ def _rows(kind: str, result: Any, flow: Flow, column: int) -> tuple[list[str], l
     if kind == "fetchrow":
         return (list(result.keys()), [tuple(result.values())]) if result is not None else ([], [])
     if kind == "fetchval" and result is not None:  # None: no row, or a NULL value
+        if isinstance(column, str):  # fetchval(..., column="name"): a record key
+            return [column], [(result,)]
         projection = flow.stmt.projection
-        name = projection[column] if 0 <= column < len(projection) else None
+        index = column if isinstance(column, int) and not isinstance(column, bool) else -1
+        name = projection[index] if 0 <= index < len(projection) else None
         return [name or "?column?"], [(result,)]
     return None
 
@@ -122,7 +125,7 @@ def _flow(conn: Any, method: str, sql: Any, params: list[object]) -> Flow | None
 
 
 async def _observe(
-    flow: Flow, kind: str, result: Any, column: int = 0, slot: _Slot | None = None
+    flow: Flow, kind: str, result: Any, column: object = 0, slot: _Slot | None = None
 ) -> _Read | None:
     """After a successful call: versions of writes, facts of the rows read (guard included)."""
     read: _Read | None = None
@@ -150,32 +153,51 @@ async def _observe(
     return read
 
 
+def _calling(flow: Flow, wrapped: Any, args: Any, kwargs: Any) -> Any:
+    """Call the driver now, as the application did: what it raises at call time (a
+    connection-validity check) it raises here, not at await time."""
+    try:
+        with flow.calling():
+            return wrapped(*args, **kwargs)
+    except BaseException as exc:
+        flow.failed(exc)
+        raise
+
+
 def _statement(kind: str) -> Callable[..., Any]:
     method = "executemany" if kind == "executemany" else "execute"
 
-    async def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    # Not `async def`: the driver is called (and raises) at call time, as without us; what
+    # we return is awaited where the application awaits it.
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         if not is_instrumentation_enabled():
-            return await wrapped(*args, **kwargs)
-        sql = args[0] if args else kwargs.get("query", kwargs.get("command"))
-        if kind == "executemany":
-            many = args[1] if len(args) > 1 else kwargs.get("args")
-            if many is not None and not isinstance(many, (list, tuple)):
-                many = list(many)
-                args = (args[0], many, *args[2:]) if len(args) > 1 else args
-                if "args" in kwargs:
-                    kwargs["args"] = many
-            params: list[object] = list(many) if many is not None else []
-        else:
-            params = [tuple(args[1:])]
-        flow = _flow(instance, method, sql, params)
+            return wrapped(*args, **kwargs)
+        try:
+            sql = args[0] if args else kwargs.get("query", kwargs.get("command"))
+            if kind == "executemany":
+                params: list[object] = []
+                if len(args) > 1:
+                    args = (args[0], pg.recording(args[1], params), *args[2:])
+                elif "args" in kwargs:
+                    kwargs["args"] = pg.recording(kwargs["args"], params)
+            else:
+                params = [tuple(args[1:])]
+            flow = _flow(instance, method, sql, params)
+        except Exception:
+            _log.debug("preparing the observation failed", exc_info=True)
+            flow = None
         if flow is None:
-            return await wrapped(*args, **kwargs)
-        with flow.running():
-            result = await wrapped(*args, **kwargs)
-        await _observe(flow, kind, result, column=int(kwargs.get("column", 0) or 0))
-        return result
+            return wrapped(*args, **kwargs)
+        return _finishing(flow, kind, _calling(flow, wrapped, args, kwargs), kwargs)
 
     return wrapper
+
+
+async def _finishing(flow: Flow, kind: str, pending: Any, kwargs: Any) -> Any:
+    with flow.running():
+        result = await pending
+    await _observe(flow, kind, result, column=kwargs.get("column", 0))
+    return result
 
 
 def _cursor_flow(cursor: Any) -> Flow | None:
@@ -186,13 +208,18 @@ def _cursor_flow(cursor: Any) -> Flow | None:
     return _flow(conn, "execute", getattr(cursor, "_query", None), [cursor._args or ()])
 
 
-async def _cursor_fetch(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
-    """Cursor.fetch(n) / fetchrow(): one observation per call, of the rows it returned."""
+def _cursor_fetch(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """Cursor.fetch(n) / fetchrow(): one observation per call, of the rows it returned.
+    asyncpg checks the cursor's connection when called (`guarded`): so do we."""
     flow = _cursor_flow(instance)
     if flow is None:
-        return await wrapped(*args, **kwargs)
+        return wrapped(*args, **kwargs)
+    return _cursor_fetched(flow, _calling(flow, wrapped, args, kwargs))
+
+
+async def _cursor_fetched(flow: Flow, pending: Any) -> Any:
     with flow.running():
-        result = await wrapped(*args, **kwargs)
+        result = await pending
     kind = "fetch" if isinstance(result, list) else "fetchrow"
     if kind == "fetchrow" and result is None:
         flow.obs.end()  # past the end of a multi-row cursor: says nothing of a row
@@ -231,34 +258,51 @@ def _drop(iterator: Any) -> None:
             del _open[id(iterator)]
 
 
-async def _iter_next(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+def _iter_next(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """`async for` over a cursor: asyncpg's `__anext__` checks the connection when called
+    (`guarded`), so the driver is called now and its coroutine awaited by ours."""
     slot = _take(instance)
     if slot is None:
         flow = _cursor_flow(instance)
         if flow is None:
-            return await wrapped(*args, **kwargs)
-        try:
-            with flow.calling():
-                row = await wrapped(*args, **kwargs)
-        except StopAsyncIteration:
-            slot = _Slot()
-            if await _observe(flow, "fetch", [], slot=slot) is not None and slot.read:
-                observe_rows(slot, slot.read, [], True)
-            flow.obs.end()
-            raise
-        except BaseException as exc:
-            flow.failed(exc)
-            raise
+            return wrapped(*args, **kwargs)
+        return _first_row(flow, instance, _calling(flow, wrapped, args, kwargs))
+    try:
+        pending = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _drop(instance)
+        if slot.read is not None:
+            slot.read.obs.fail(exc)
+        raise
+    return _next_row(slot, instance, pending)
+
+
+async def _first_row(flow: Flow, instance: Any, pending: Any) -> Any:
+    try:
+        with flow.calling():
+            row = await pending
+    except StopAsyncIteration:
         slot = _Slot()
-        read = await _observe(flow, "fetchrow", row, slot=slot)
-        if read is None:
-            return row
-        _hold(instance, slot)
-        observe_rows(slot, read, [tuple(row.values())], False)
+        if await _observe(flow, "fetch", [], slot=slot) is not None and slot.read:
+            observe_rows(slot, slot.read, [], True)
+        flow.obs.end()
+        raise
+    except BaseException as exc:
+        flow.failed(exc)
+        raise
+    slot = _Slot()
+    read = await _observe(flow, "fetchrow", row, slot=slot)
+    if read is None:
         return row
+    _hold(instance, slot)
+    observe_rows(slot, read, [tuple(row.values())], False)
+    return row
+
+
+async def _next_row(slot: _Slot, instance: Any, pending: Any) -> Any:
     read = slot.read
     try:
-        row = await wrapped(*args, **kwargs)
+        row = await pending
     except StopAsyncIteration:
         _drop(instance)
         if read is not None:

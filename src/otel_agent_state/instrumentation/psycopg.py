@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import wrapt
@@ -50,18 +50,34 @@ class _Driver:
 DRIVER = _Driver()
 
 
+@contextmanager
+def _unprepared(conn: Any) -> Iterator[None]:
+    """Around a query of ours: never prepared (`prepare=False`), and not counted in the
+    connection's prepared-statement cache either (with `prepare=False` psycopg still counts
+    the query, which can evict the application's entries from its `prepared_max` slots, and
+    our `ROLLBACK TO SAVEPOINT` would make it drop all of the application's prepared
+    statements): the cache is off (`prepare_threshold = None`) while ours runs."""
+    threshold = conn.prepare_threshold
+    conn.prepare_threshold = None
+    try:
+        yield
+    finally:
+        conn.prepare_threshold = threshold
+
+
 def _executor(conn: Any) -> Callable[[str, tuple[Any, ...]], Rows]:
     import psycopg
     from psycopg.rows import tuple_row
 
     def execute(sql: str, params: tuple[Any, ...]) -> Rows:
-        cursor = psycopg.Cursor(conn, row_factory=tuple_row)
-        try:
-            cursor.execute(sql, params or None)
-            names = [c.name for c in cursor.description or ()]
-            return names, (cursor.fetchall() if cursor.description else [])
-        finally:
-            cursor.close()
+        with _unprepared(conn):
+            cursor = psycopg.Cursor(conn, row_factory=tuple_row)
+            try:
+                cursor.execute(sql, params or None, prepare=False)
+                names = [c.name for c in cursor.description or ()]
+                return names, (cursor.fetchall() if cursor.description else [])
+            finally:
+                cursor.close()
 
     return execute
 
@@ -71,13 +87,14 @@ def _async_executor(conn: Any) -> Callable[[str, tuple[Any, ...]], Any]:
     from psycopg.rows import tuple_row
 
     async def execute(sql: str, params: tuple[Any, ...]) -> Rows:
-        cursor = psycopg.AsyncCursor(conn, row_factory=tuple_row)
-        try:
-            await cursor.execute(sql, params or None)
-            names = [c.name for c in cursor.description or ()]
-            return names, (await cursor.fetchall() if cursor.description else [])
-        finally:
-            await cursor.close()
+        with _unprepared(conn):
+            cursor = psycopg.AsyncCursor(conn, row_factory=tuple_row)
+            try:
+                await cursor.execute(sql, params or None, prepare=False)
+                names = [c.name for c in cursor.description or ()]
+                return names, (await cursor.fetchall() if cursor.description else [])
+            finally:
+                await cursor.close()
 
     return execute
 
@@ -200,7 +217,9 @@ class _Stream:
 
 
 def _streaming(flow: Flow, cursor: Any, rows: Iterator[Any]) -> Iterator[Any]:
-    """Rows as the application takes them; the span ends when the stream does."""
+    """Rows as the application takes them; the span ends when the stream does. Closing
+    ours (`close()`, a `break` out of the loop, collection) closes psycopg's generator
+    at once, as closing psycopg's own would: it ends the stream on the connection."""
     stream = _Stream(flow, cursor)
     try:
         while True:
@@ -216,10 +235,17 @@ def _streaming(flow: Flow, cursor: Any, rows: Iterator[Any]) -> Iterator[Any]:
             stream.row(row)
             yield row
     finally:
-        flow.obs.end()
+        try:
+            close = getattr(rows, "close", None)
+            if close is not None:
+                with flow.calling():
+                    close()
+        finally:
+            flow.obs.end()
 
 
 async def _astreaming(flow: Flow, cursor: Any, rows: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """`_streaming` for `AsyncCursor.stream()`: `aclose()` on ours awaits psycopg's."""
     stream = _Stream(flow, cursor)
     try:
         while True:
@@ -235,7 +261,13 @@ async def _astreaming(flow: Flow, cursor: Any, rows: AsyncIterator[Any]) -> Asyn
             stream.row(row)
             yield row
     finally:
-        flow.obs.end()
+        try:
+            aclose = getattr(rows, "aclose", None)
+            if aclose is not None:
+                with flow.calling():
+                    await aclose()
+        finally:
+            flow.obs.end()
 
 
 def _no_queries(sql: str, params: tuple[Any, ...]) -> Rows:

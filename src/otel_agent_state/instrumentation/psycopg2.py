@@ -1,12 +1,16 @@
 """State-aware instrumentation of psycopg2, SPEC §3 (same records as the psycopg module).
 
 psycopg2's connection and cursor are C types whose methods cannot be wrapped in place, so
-`Psycopg2Instrumentor` wraps `psycopg2.connect` and passes a `connection_factory` subclass
-(of the application's factory, if any) whose cursors are subclasses of the cursor factory in
-use. When that factory is contrib's traced cursor class, ours goes *under* it in the MRO, so
-contrib's span stays the one database span and we annotate it (either load order). Our
-connect wrapper sits innermost, next to the real function, so contrib's `unwrap()` only ever
-takes out contrib's wrapper. See docs/postgresql.md.
+`Psycopg2Instrumentor` wraps `psycopg2._connect` (the C function `psycopg2.connect` calls
+once it has built the DSN: what `connect` itself passes on stays the application's) and
+passes a `connection_factory` subclass
+(of the application's factory, if any) whose cursors are subclasses of the cursor class in
+use. Our methods sit *under* the application's classes in the MRO, right above the C class
+(`_wrapping.subclass_under`): `DictConnection.cursor()` still picks `DictCursor`,
+`LoggingCursor.execute()` still logs, and contrib's traced cursor class (whatever it
+derives from) stays outermost, so contrib's span is the one database span and we annotate
+it (either load order). contrib wraps `psycopg2.connect`, above ours whatever the order, and
+its `unwrap()` never meets our wrapper. See docs/postgresql.md.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type:
 from .. import runtime
 from . import _postgres as pg
 from ._postgres import Rows
-from ._wrapping import unwrap_ours, wrap_under
+from ._wrapping import stand_in, subclass_under, unwrap_ours, wrap_under
 
 _log = logging.getLogger(__name__)
 
 MODULE = "psycopg2"
-_CONTRIB_PREFIX = "opentelemetry.instrumentation."
 _tracer: trace.Tracer | None = None
+# `psycopg2.connect` calls `_connect(dsn, connection_factory=..., async_=...)`: wrapping that
+# keeps `connect`'s own behaviour (and what it passes on) exactly the application's.
+_CONNECT = "_connect"
 
 
 class _Driver:
@@ -75,7 +81,7 @@ _CLOSE = _hooks.ending("rollback")
 
 
 class TracedCursorMixin:
-    """Put before a psycopg2 cursor class: records the facts its statements read and write."""
+    """Put right above psycopg2's C cursor class: records what its statements read and write."""
 
     _agentstate_traced = True
 
@@ -105,7 +111,9 @@ class TracedCursorMixin:
 
 
 class TracedConnectionMixin:
-    """Put before a psycopg2 connection class: traced cursors, transaction ends as scopes."""
+    """Put right above psycopg2's C connection class: traced cursors, transaction ends as
+    scopes. Under the application's class, so its `cursor()` has chosen the cursor class
+    (as the C code would: the argument, else the connection's `cursor_factory`)."""
 
     _agentstate_traced = True
 
@@ -116,7 +124,7 @@ class TracedConnectionMixin:
                 args = (args[0], traced_cursor_class(factory), *args[2:])
             else:
                 factory = kwargs.get("cursor_factory") or getattr(self, "cursor_factory", None)
-                kwargs["cursor_factory"] = traced_cursor_class(factory)
+                kwargs = {**kwargs, "cursor_factory": traced_cursor_class(factory)}
         except Exception:
             _log.debug("cannot trace the cursor", exc_info=True)
         return super().cursor(*args, **kwargs)  # type: ignore[misc]
@@ -137,46 +145,44 @@ class TracedConnectionMixin:
 
 
 _classes: dict[type, type] = {}
+_roots: dict[type, type] = {}
 _classes_lock = threading.RLock()
 
 
-def _derived(base: type, mixin: type, make: Callable[[], type]) -> type:
-    if getattr(base, "_agentstate_traced", False):
+def _derived(base: Any, root: type, mixin: type) -> Any:
+    """Our class for the application's `base` (a subclass of the C class `root`): its own
+    methods first, ours right above `root`. `base` itself when it is ours already or not a
+    subclass of `root` (a factory function: left alone), or when the classes do not merge."""
+    if not isinstance(base, type) or not issubclass(base, root) or issubclass(base, mixin):
         return base
     with _classes_lock:
         found = _classes.get(base)
         if found is None:
-            found = make()
+            traced_root = _roots.get(root)
+            if traced_root is None:
+                traced_root = _roots[root] = stand_in(root, (mixin, root))
+            try:
+                found = subclass_under(base, root, traced_root)
+            except TypeError:
+                _log.debug("cannot derive from %s", base, exc_info=True)
+                return base
             if len(_classes) < 256:  # application factories are few; never grow unbounded
                 _classes[base] = found
         return found
 
 
-def traced_cursor_class(factory: type | None) -> type:
-    """Our cursor class for `factory`; under contrib's traced class when that is the factory."""
+def traced_cursor_class(factory: type | None) -> Any:
+    """Our cursor class for `factory` (psycopg2's cursor when None)."""
     from psycopg2 import extensions  # type: ignore[import-untyped, unused-ignore]
 
-    base = factory or extensions.cursor
-
-    def make() -> type:
-        module = getattr(base, "__module__", "") or ""
-        parents = base.__bases__
-        if module.startswith(_CONTRIB_PREFIX) and len(parents) == 1:
-            # contrib's class C(B): build C'(C, ours(B)) so C.execute's super() reaches ours.
-            inner = traced_cursor_class(parents[0])
-            return type(base.__name__, (base, inner), {"_agentstate_traced": True})
-        return type(base.__name__, (TracedCursorMixin, base), {})
-
-    return _derived(base, TracedCursorMixin, make)
+    return _derived(factory or extensions.cursor, extensions.cursor, TracedCursorMixin)
 
 
-def traced_connection_class(factory: type | None) -> type:
+def traced_connection_class(factory: type | None) -> Any:
+    """Our connection class for `factory` (psycopg2's connection when None)."""
     from psycopg2 import extensions  # type: ignore[import-untyped, unused-ignore]
 
-    base = factory or extensions.connection
-    return _derived(
-        base, TracedConnectionMixin, lambda: type(base.__name__, (TracedConnectionMixin, base), {})
-    )
+    return _derived(factory or extensions.connection, extensions.connection, TracedConnectionMixin)
 
 
 def instrument_connection(
@@ -202,7 +208,7 @@ def uninstrument_connection(connection: Any) -> Any:
 
 
 class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc]
-    """Wraps `psycopg2.connect` so new connections and their cursors are traced."""
+    """Wraps `psycopg2._connect` so new connections and their cursors are traced."""
 
     _connect_wrapper: Callable[..., Any] | None = None
 
@@ -238,7 +244,7 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc]
             return wrapped(*args, **kw)
 
         self._connect_wrapper = connect
-        wrap_under(psycopg2, "connect", connect)
+        wrap_under(psycopg2, _CONNECT, connect)
         runtime.mark_driver(MODULE, True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
@@ -249,5 +255,5 @@ class Psycopg2Instrumentor(BaseInstrumentor):  # type: ignore[misc]
         ours = self._connect_wrapper
         self._connect_wrapper = None
         if ours is not None:
-            unwrap_ours(psycopg2, "connect", ours)
+            unwrap_ours(psycopg2, _CONNECT, ours)
         _tracer = None
