@@ -30,7 +30,7 @@ from .model import (
     Write,
 )
 from .order import VersionOrder
-from .placement import Candidates, all_precede, candidates, pinned, precedes, writers
+from .placement import BeforeDelete, Candidate, Candidates, all_precede, candidates, pinned, writers
 
 ConsistencyOf = Callable[[str], Consistency]
 
@@ -139,7 +139,7 @@ def _realtime_violation(
         found = candidates(history, read)
         if found is None:
             return None
-        missed = [w for w in before if all(precedes(history, c, w, skew_ms) for c in found)]
+        missed = _superseding(history, found, before, skew_ms)
     if not missed:
         return None
     latest = max(missed, key=lambda w: w.commit_ns or 0)
@@ -171,6 +171,36 @@ def _realtime_violation(
         agent_scope=read.obs.agent_scope,
         key=(AnomalyKind.STALE_READ, read.obs.span_id, read.fact),
     )
+
+
+def _superseding(
+    history: History, found: Candidates, before: list[Write], skew_ms: int
+) -> list[Write]:
+    """The writes of `before` that come after every candidate (bitmasks of the order)."""
+    if not before:
+        return []
+    order = history.order(before[0].fact, skew_ms)
+    need = 0
+    deletes: list[int] = []
+    for c in found:
+        if isinstance(c, str):
+            continue  # the initial state precedes every write
+        target = c.delete if isinstance(c, BeforeDelete) else c
+        i = order.index(target)
+        if i is None:
+            return []  # not in the order: nothing is proven after it
+        if isinstance(c, BeforeDelete):
+            deletes.append(i)
+        else:
+            need |= 1 << i
+    out = []
+    for w in before:
+        j = order.index(w)
+        if j is None or (need >> j) & 1 or not order.after_all(need, j):
+            continue
+        if all(d == j or order.before(d, j) for d in deletes):
+            out.append(w)
+    return out
 
 
 def _session_violation(
@@ -376,6 +406,7 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
         return {}  # a lost update needs two writers that both read the fact
     ends = {key: [r.obs.end_ns for r in rs] for key, rs in reads.items()}
     groups: dict[str, list[tuple[Write, Read]]] = {}
+    pins: dict[int, Candidate | None] = {}
     for write in history.committed_writes(fact):
         key = actor_key(write.obs)
         if key not in reads:
@@ -389,7 +420,10 @@ def _based_writes(history: History, fact: str) -> dict[str, list[tuple[Write, Re
         if basis.version.ordinal is not None:
             group = basis.version.identity
         else:  # a digest is one version only when the trace pins it to one write
-            one = pinned(candidates(history, basis))
+            memo = id(basis.obs)
+            if memo not in pins:
+                pins[memo] = pinned(candidates(history, basis))
+            one = pins[memo]
             if one is None:
                 continue
             if not isinstance(one, Write | str):

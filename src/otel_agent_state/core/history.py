@@ -48,6 +48,13 @@ class Actor:
     from_span: bool = False
 
 
+def version_key(version: Version, store: str, tier: Tier) -> str:
+    """What makes two versions the same one: a digest only in its own store and tier."""
+    if version.kind == "h":
+        return f"{store}\x00{tier.value}\x00{version.text}"
+    return version.identity
+
+
 def actor_key(obs: Observation) -> str:
     return obs.agent_scope or f"agent:{obs.agent}"
 
@@ -81,6 +88,16 @@ class History:
     _facts: dict[str, _FactLog] = field(default_factory=dict)
     _writes_cache: dict[str, list[Write]] = field(default_factory=dict)
     _all_writes_cache: dict[str, list[Write]] = field(default_factory=dict)
+    # Per fact: writes by the version they produced (see producers()), and the ids of the
+    # fact's own (non-copy) writes; both follow _all_writes_cache.
+    _producers_cache: dict[str, dict[str, list[Write]]] = field(default_factory=dict)
+    _logical_ids_cache: dict[str, set[int]] = field(default_factory=dict)
+    # placement.candidates() per fact and read: (version key, result, volatile). Volatile
+    # results (unplaced, the initial state, before a delete, through a copy) depend on more
+    # than the producers of their own version, so any new event of the fact drops them.
+    candidates_memo: dict[str, dict[tuple[str, str], tuple[object, object, bool]]] = field(
+        default_factory=dict
+    )
     # Facts written outside the primary tier: a read of them can make a later write a copy.
     _copy_tier_facts: set[str] = field(default_factory=set)
     _order_cache: dict[tuple[str, int], VersionOrder] = field(default_factory=dict)
@@ -148,17 +165,21 @@ class History:
                 if item.fact in self._copy_tier_facts:  # may make a write a copy
                     self._all_writes_cache.pop(item.fact, None)
                     self._writes_cache.pop(item.fact, None)
+                    self.candidates_memo.pop(item.fact, None)
                 elif obs.tier != Tier.CACHE:  # the fact lives outside the cache: see writes()
                     cached = self._writes_cache.get(item.fact)
                     # Already known (a write outside the cache leads the list): no change.
                     if cached is not None and not (cached and cached[0].obs.tier != Tier.CACHE):
                         del self._writes_cache[item.fact]
+                        self.candidates_memo.pop(item.fact, None)
+                self._forget_candidates(item.fact, None)
         for item in obs.writes:
             log = self._log(item.fact)
             if not log.writes or log.writes[-1] is not obs:  # a fact twice in one op
                 log.writes.append(obs)
             self._writes_cache.pop(item.fact, None)
             self._all_writes_cache.pop(item.fact, None)
+            self._forget_candidates(item.fact, version_key(item.version, obs.store, obs.tier))
             if obs.tier != Tier.PRIMARY:
                 self._copy_tier_facts.add(item.fact)
             if obs.txn_id is not None:
@@ -219,6 +240,17 @@ class History:
         for fact in self._txn_facts.get(end.txn_id, ()):
             self._writes_cache.pop(fact, None)
             self._all_writes_cache.pop(fact, None)
+            self.candidates_memo.pop(fact, None)
+
+    def _forget_candidates(self, fact: str, produced: str | None) -> None:
+        """Drop the memo entries a new event of `fact` may change: volatile ones, and (for a
+        write) those of the version it produced."""
+        memo = self.candidates_memo.get(fact)
+        if not memo:
+            return
+        stale = [k for k, (key, _, volatile) in memo.items() if volatile or key == produced]
+        for k in stale:
+            del memo[k]
 
     def take_unacted_reads(self, actor: str) -> list[str]:
         """Facts `actor` read since this was last asked: the views its new act may change."""
@@ -248,6 +280,7 @@ class History:
         cached = self._writes_cache.get(fact)
         if cached is not None:
             return cached
+        self._logical_ids_cache.pop(fact, None)
         log = self._facts.get(fact)
         if log is None:
             return []
@@ -261,6 +294,28 @@ class History:
         self._writes_cache[fact] = out
         return out
 
+    def producers(self, fact: str, version: Version, store: str, tier: Tier) -> list[Write]:
+        """The writes (copies too) that produced `version`, in start order, never rolled back
+        or void: a digest only in its own store and tier, other versions anywhere."""
+        every = self.all_writes(fact)
+        table = self._producers_cache.get(fact)
+        if table is None:
+            table = {}
+            for write in sorted(every, key=lambda w: w.obs.start_ns):
+                if write.rolled_back or write.obs.writes_void:
+                    continue
+                key = version_key(write.version, write.obs.store, write.obs.tier)
+                table.setdefault(key, []).append(write)
+            self._producers_cache[fact] = table
+        return table.get(version_key(version, store, tier), [])
+
+    def is_logical(self, write: Write) -> bool:
+        """Whether `write` is one of writes(): it made a version rather than copied one."""
+        ids = self._logical_ids_cache.get(write.fact)
+        if ids is None:
+            ids = self._logical_ids_cache[write.fact] = {id(w) for w in self.writes(write.fact)}
+        return id(write) in ids
+
     def all_writes(self, fact: str) -> list[Write]:
         """Every write of `fact` in every representation, copies included, in commit order.
 
@@ -272,6 +327,8 @@ class History:
         cached = self._all_writes_cache.get(fact)
         if cached is not None:
             return cached
+        self._producers_cache.pop(fact, None)
+        self._logical_ids_cache.pop(fact, None)
         log = self._facts.get(fact)
         if log is None:
             return []

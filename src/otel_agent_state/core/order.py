@@ -76,6 +76,12 @@ class VersionOrder:
             return False
         return bool((self._pred[b] >> a) & 1)
 
+    def after_all(self, need: int, j: int) -> bool:
+        """Proven: every write in the bitmask `need` precedes write `j` (none on a cycle)."""
+        if (self._cyclic >> j) & 1 or need & self._cyclic:
+            return False
+        return self._pred[j] & need == need
+
     def ordered(self, i: int) -> bool:
         """Write `i` is not on a contradiction (those support no finding at all)."""
         return not (self._cyclic >> i) & 1

@@ -24,7 +24,7 @@ trace, and a copy holds the value the copying agent read.
 
 from __future__ import annotations
 
-from .history import History
+from .history import History, version_key
 from .model import Read, Tier, Write
 
 Rep = tuple[str, Tier]
@@ -55,51 +55,63 @@ def rep_of(read_or_write: Read | Write) -> Rep:
     return (obs.store, obs.tier)
 
 
-def candidates(history: History, read: Read, *, _depth: int = 0) -> Candidates | None:
+def candidates(history: History, read: Read) -> Candidates | None:
     """The logical writes (or INITIAL) `read` can have returned; None: unplaced."""
+    memo = history.candidates_memo.setdefault(read.fact, {})
+    slot = (read.obs.span_id, read.version.text)
+    hit = memo.get(slot)
+    if hit is not None:
+        return hit[1]  # type: ignore[return-value]
+    found, volatile = _candidates(history, read, 0)
+    obs = read.obs
+    memo[slot] = (version_key(read.version, obs.store, obs.tier), found, volatile)
+    return found
+
+
+def _candidates(history: History, read: Read, _depth: int) -> tuple[Candidates | None, bool]:
+    """candidates(), and whether the answer depends on more than its version's producers."""
     version = read.version
     fact = read.fact
     here = rep_of(read)
-    logical = {id(w) for w in history.writes(fact)}
     end = read.obs.end_ns
     out: dict[int, Candidate] = {}
     produced = False
+    volatile = False
     txn = read.obs.txn_id
     digest = version.kind == "h"  # only digests are tied to a representation
-    for write in history.all_writes(fact):
+    for write in history.producers(fact, version, read.obs.store, read.obs.tier):
         # Inside its own transaction a read sees the write before it commits.
         own_txn = txn is not None and write.obs.txn_id == txn
         begun = write.obs.start_ns if own_txn else write.start_ns
-        if (
-            write.rolled_back
-            or write.obs.writes_void
-            or begun >= end
-            or (digest and rep_of(write) != here)
-            or not write.version.same_as(version)
-            or write.obs.span_id == read.obs.span_id  # an atomic op reads before it writes
-        ):
+        if begun >= end:
+            if write.obs.start_ns >= end:
+                break  # in start order: none later can have begun before the read ended
             continue
+        if write.obs.span_id == read.obs.span_id:
+            continue  # an atomic op reads before it writes
         produced = True
-        if id(write) in logical:
+        if history.is_logical(write):
             out[id(write)] = write
         elif write.copy_of is not None and _depth < _MAX_COPY_DEPTH:
+            volatile = True
             source = write.source
             if source is None:  # recorded on the span; the read it copied is elsewhere
                 inner = _copied_writes(history, write)
             else:
-                inner = candidates(history, source, _depth=_depth + 1)
+                inner, _ = _candidates(history, source, _depth + 1)
             if inner is None:
-                return None
+                return None, True
             for candidate in inner:
                 out[id(candidate)] = candidate
         else:
-            return None  # a cache write-through, a copy too deep: it places nothing
+            return None, True  # a cache write-through, a copy too deep: it places nothing
     if version.is_none or (not produced and digest and _initial_here(history, read, here)):
         out[id(INITIAL)] = INITIAL
+        volatile = True
     elif not produced:
         deleted = _deleted_before(history, read)  # version is present here
-        return None if deleted is None else (BeforeDelete(deleted),)
-    return tuple(out.values())
+        return (None if deleted is None else (BeforeDelete(deleted),)), True
+    return tuple(out.values()), volatile
 
 
 def _deleted_before(history: History, read: Read) -> Write | None:
