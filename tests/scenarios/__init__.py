@@ -31,7 +31,7 @@ from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 KINDS = ("stale_read", "divergent_view", "lost_update", "orphaned_mutation")
-CASE_MODULES = ("sqlite_cases", "redis_cases", "postgres_cases", "vector_cases")
+CASE_MODULES = ("sqlite_cases", "redis_cases", "postgres_cases", "vector_cases", "memory_cases")
 
 # Instrumentors each store needs: (module, class). Imported lazily: a store's module may need
 # its client library, which only that store's scenarios require.
@@ -40,6 +40,12 @@ INSTRUMENTORS: dict[str, tuple[str, str]] = {
     "redis": ("otel_agent_state.instrumentation.redis", "RedisInstrumentor"),
     "postgres": ("otel_agent_state.instrumentation.psycopg", "PsycopgInstrumentor"),
     "qdrant": ("otel_agent_state.instrumentation.qdrant", "QdrantInstrumentor"),
+    "langgraph-store": (
+        "otel_agent_state.instrumentation.langgraph_store",
+        "LangGraphStoreInstrumentor",
+    ),
+    "mem0": ("otel_agent_state.instrumentation.mem0", "Mem0Instrumentor"),
+    "milvus": ("otel_agent_state.instrumentation.milvus", "MilvusInstrumentor"),
 }
 
 
