@@ -464,3 +464,18 @@ def test_a_tool_span_that_says_so_only_when_it_ends_is_still_an_act(
     expected = [("stale_read", "late/score", ("risk", "scorer"), "error")]
     assert _online_findings(telemetry) == expected
     assert _offline_findings(telemetry) == expected
+
+
+def test_openllmetry_agent_span_named_after_it_started_is_named_by_its_span(
+    telemetry: Telemetry,
+) -> None:
+    # OpenLLMetry's CrewAI agent spans: `<role>.agent` with the kind at the start, the
+    # name attributes set just after.
+    tracer = _framework(telemetry)
+    with tracer.start_as_current_span("crewai.workflow"):
+        with tracer.start_as_current_span(
+            "Researcher.agent", attributes={"traceloop.span.kind": "agent"}
+        ) as span:
+            span.set_attribute("gen_ai.agent.name", "Researcher")
+            observe_read("tl/late", "n:1")
+    assert _agent_of(telemetry, "tl/late") == ["Researcher"]

@@ -97,7 +97,14 @@ def convention_agent(attrs: Mapping[str, Any], span_name: str = "") -> str | Non
         # agent's name from the start (and the same name offline, where both are there).
         return str_attr(attrs, AGENT_NAME) or span_name or None
     if _lower(attrs, TRACELOOP_KIND) == "agent" and not is_graph_span(attrs):
-        return str_attr(attrs, TRACELOOP_ENTITY) or str_attr(attrs, A.GEN_AI_AGENT_NAME)
+        # OpenLLMetry names the span `<agent>.agent` from the start (CrewAI's sets the name
+        # attributes just after the span started).
+        return (
+            str_attr(attrs, TRACELOOP_ENTITY)
+            or str_attr(attrs, A.GEN_AI_AGENT_NAME)
+            or span_name.removesuffix(".agent")
+            or None
+        )
     if _lower(attrs, AGENTOPS_KIND) == "agent":
         return str_attr(attrs, AGENT_NAME) or str_attr(attrs, A.GEN_AI_AGENT_NAME)
     return None
