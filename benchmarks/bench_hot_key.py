@@ -34,7 +34,10 @@ def _digest(value: int) -> str:
 
 def _attr(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, list):
-        return {"key": key, "value": {"arrayValue": {"values": [{"stringValue": v} for v in value]}}}
+        return {
+            "key": key,
+            "value": {"arrayValue": {"values": [{"stringValue": v} for v in value]}},
+        }
     if isinstance(value, bool):
         return {"key": key, "value": {"boolValue": value}}
     return {"key": key, "value": {"stringValue": value}}

@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     if known:
         lines += ["", "Known issues (counted in the table above; strict xfail in the tests):", ""]
         lines += [f"- `{s.name}`: {s.known_issue}" for s in known]
+    print("Porcupine's Jepsen histories ...", file=sys.stderr, flush=True)
+    from ..test_porcupine import summary  # the outside-evidence section
+
+    lines += ["", *summary()]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
