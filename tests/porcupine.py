@@ -107,8 +107,7 @@ def digest(value: int | None) -> str:
 
 
 def histories() -> Iterator[tuple[str, bool]]:
-    for name, linearizable in sorted(labels().items()):
-        yield name, linearizable
+    yield from sorted(labels().items())
 
 
 @dataclass
