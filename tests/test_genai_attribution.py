@@ -472,10 +472,11 @@ def test_openllmetry_agent_span_named_after_it_started_is_named_by_its_span(
     # OpenLLMetry's CrewAI agent spans: `<role>.agent` with the kind at the start, the
     # name attributes set just after.
     tracer = _framework(telemetry)
-    with tracer.start_as_current_span("crewai.workflow"):
-        with tracer.start_as_current_span(
-            "Researcher.agent", attributes={"traceloop.span.kind": "agent"}
-        ) as span:
-            span.set_attribute("gen_ai.agent.name", "Researcher")
-            observe_read("tl/late", "n:1")
+    kind = {"traceloop.span.kind": "agent"}
+    with (
+        tracer.start_as_current_span("crewai.workflow"),
+        tracer.start_as_current_span("Researcher.agent", attributes=kind) as span,
+    ):
+        span.set_attribute("gen_ai.agent.name", "Researcher")
+        observe_read("tl/late", "n:1")
     assert _agent_of(telemetry, "tl/late") == ["Researcher"]
