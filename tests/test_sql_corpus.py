@@ -491,6 +491,23 @@ def test_the_reference_catches_what_the_old_analyser_got_wrong() -> None:
     assert verdict.kind == "write" and not verdict.unreported
 
 
+def test_without_the_sql_extra_still_no_wrong_fact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path alone (no sqlglot installed): table-level where it cannot resolve,
+    never a wrong row, never an unreported write."""
+    from otel_agent_state.instrumentation import _sqlglot
+
+    monkeypatch.setattr(_sqlglot, "sqlglot", None)
+    _sql._analyse_text.cache_clear()
+    try:
+        judged = verdicts()
+    finally:
+        _sql._analyse_text.cache_clear()
+    assert all(v.record and not v.wrong and not v.unreported for v in judged), [
+        (v.record.label, v.wrong, v.unreported) for v in judged if v.wrong or v.unreported
+    ]
+    assert any(v.resolved for v in judged if v.record.dialect == "mysql" and v.kind == "write")
+
+
 def coverage(judged: list[Verdict]) -> list[str]:
     lines = [
         "| dialect | layer | writes | to rows | rows via RETURNING* | table-level | reads |"
@@ -529,5 +546,11 @@ def _sqlglot_available() -> bool:
 
 
 if __name__ == "__main__":
+    from otel_agent_state.instrumentation import _sqlglot
+
+    print(f"With the sql extra (sqlglot {'available' if _sqlglot_available() else 'missing'}):\n")
     print("\n".join(coverage(verdicts())))
-    print(f"sqlglot analyser: {'available' if _sqlglot_available() else 'missing'}")
+    _sqlglot.sqlglot = None  # as without the extra
+    _sql._analyse_text.cache_clear()
+    print("\nFast path alone (no sql extra):\n")
+    print("\n".join(coverage(verdicts())))

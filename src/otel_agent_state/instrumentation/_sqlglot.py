@@ -11,13 +11,12 @@ Returns None when sqlglot is missing or cannot parse the text: the fast path's a
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any, Final
 
 from ._sql_exprs import Scope, Where
 from ._sql_model import Statement, Value
-
-import importlib
 
 sqlglot: Any
 exp: Any
@@ -410,6 +409,8 @@ class _Builder:
             except ValueError:
                 return Value("expr")
             return Value("literal", literal=-numeric if negative else numeric)
+        if isinstance(node, exp.Null) and not negative:
+            return Value("literal", literal=None)
         if isinstance(node, exp.Boolean) and not negative:
             return Value("literal", literal=1 if node.this else 0)
         return Value("expr")
