@@ -273,3 +273,20 @@ def test_uninstrument_takes_out_only_ours(telemetry: Telemetry) -> None:
     assert (vars(BaseStore)["get"], vars(InMemoryStore)["batch"]) == before
     InMemoryStore().put(NS, "channel", {"channel": "email"})
     assert _observations(telemetry) == []
+
+
+def test_raise_mode_halts_the_stale_read(instrumented: Telemetry) -> None:
+    """OTEL_AGENTSTATE_ON_ANOMALY=raise: the superseded item never reaches the agent."""
+    from otel_agent_state import StaleReadError
+
+    api.configure(on_anomaly="raise")
+    primary, replica = InMemoryStore(), InMemoryStore()
+    with suppress_instrumentation():
+        for store in (primary, replica):
+            _remember(store, "email", 1)
+    with workflow("support"):
+        with agent("memory-curator"):
+            _remember(primary, "phone", 2)
+        with agent("responder"), pytest.raises(StaleReadError) as caught:
+            replica.get(NS, "channel")
+    assert caught.value.anomaly.fact == FACT

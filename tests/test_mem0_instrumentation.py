@@ -244,3 +244,44 @@ def test_uninstrument_restores_memory(telemetry: Telemetry, tmp_path: Path) -> N
     assert vars(Memory)["add"] is not before["add"]
     instrumentor.uninstrument()
     assert {m: vars(Memory)[m] for m in before} == before
+
+
+def test_async_memory(instrumented: Telemetry, tmp_path: Path) -> None:
+    import asyncio
+
+    from mem0 import AsyncMemory
+
+    config = {
+        "vector_store": {
+            "provider": "qdrant",
+            "config": {
+                "collection_name": COLLECTION,
+                "path": str(tmp_path / "qdrant"),
+                "embedding_model_dims": 8,
+            },
+        },
+        "embedder": {"provider": "openai", "config": {"api_key": "unused", "embedding_dims": 8}},
+        "llm": {"provider": "openai", "config": {"api_key": "unused"}},
+        "history_db_path": str(tmp_path / "history.db"),
+    }
+
+    async def run() -> tuple[str, Any]:
+        with suppress_instrumentation():
+            memory = AsyncMemory.from_config(config)
+        memory.embedding_model = StubEmbedder()
+        try:
+            with workflow("support"), agent("curator"):
+                added = await memory.add("customer prefers email", user_id="u-42", infer=False)
+                mid = str(added["results"][0]["id"])
+                await memory.update(mid, "customer prefers phone")
+                return mid, await memory.get(mid)
+        finally:
+            _close(memory)
+
+    mid, got = asyncio.run(run())
+    assert got["memory"] == "customer prefers phone"
+    add, update, get = _observations(instrumented)
+    fact = f"mem0:{COLLECTION}/{mid}"
+    assert (add[A.WRITE_FACTS], update[A.WRITE_FACTS], get[A.READ_FACTS]) == ((fact,),) * 3
+    assert add[A.WRITE_VERSIONS] != update[A.WRITE_VERSIONS] == get[A.READ_VERSIONS]
+    assert instrumented.anomalies() == []
