@@ -653,7 +653,16 @@ def test_console_input_with_interleaved_text_lines(
     assert code == 1 and report is not None, err
     assert report["spans"] == len(spans)
     assert [a["kind"] for a in report["anomalies"]] == ["stale_read"]
-    assert f"{path}: skipped {skipped} lines of text that are not JSON" in err
+    assert err == (
+        f"otel-agent-state: {path}: skipped {skipped} lines of text that are not JSON (the "
+        "application's own output between the console exporter's spans?)\n"
+    )
+    # An application that logs JSON of its own: values that hold no span are counted too.
+    logged = ['{"level": "info", "event": "started"}\n', "[1, 2, 3]\n"]
+    path.write_text("".join([*mixed[:3], *logged, *mixed[3:]]))
+    code, report, err = _check(capsys, str(path))
+    assert code == 1 and report is not None and report["spans"] == len(spans), err
+    assert f"skipped {skipped} lines of text that are not JSON and 2 JSON values that hold" in err
 
 
 def test_skip_bad_resumes_console_input_after_a_damaged_span(

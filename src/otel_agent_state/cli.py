@@ -337,7 +337,15 @@ def _views(args: argparse.Namespace, settings: Settings) -> Iterator[TraceView]:
 
 
 def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Iterator[TraceView]:
-    from .offline import FormatError, PendingTrace, ReadStats, json_values, judge, open_input
+    from .offline import (
+        FormatError,
+        PendingTrace,
+        ReadStats,
+        json_values,
+        judge,
+        may_hold_spans,
+        open_input,
+    )
 
     warned = False
 
@@ -365,6 +373,9 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
                 try:
                     evicted = grouper.add(value)
                 except FormatError as exc:
+                    if stats.concatenated and not may_hold_spans(value):
+                        stats.other_json += 1  # the application's own JSON output
+                        continue
                     if not args.skip_bad:
                         raise FormatError(exc.reason, lineno) from None
                     bad(FormatError(exc.reason, lineno))
@@ -398,12 +409,18 @@ def _judged(args: argparse.Namespace, settings: Settings, grouper: Any) -> Itera
                 f"{label}:{stats.first_skipped}: not JSON (no JSON value in "
                 f"{stats.skipped_lines} line{'s' if stats.skipped_lines != 1 else ''} of text)"
             )
-        if stats.skipped_lines:
+        if stats.skipped_lines or stats.other_json:
+            lines, other = stats.skipped_lines, stats.other_json
+            skipped = [
+                f"{lines} line{'s' if lines != 1 else ''} of text that "
+                f"{'are' if lines != 1 else 'is'} not JSON"
+            ] * bool(lines) + [
+                f"{other} JSON value{'s' if other != 1 else ''} that "
+                f"{'hold' if other != 1 else 'holds'} no span"
+            ] * bool(other)
             print(
-                f"otel-agent-state: {label}: skipped {stats.skipped_lines} "
-                f"line{'s' if stats.skipped_lines != 1 else ''} of text that "
-                f"{'are' if stats.skipped_lines != 1 else 'is'} not JSON (the application's "
-                "own output between the console exporter's spans?)",
+                f"otel-agent-state: {label}: skipped {' and '.join(skipped)} (the "
+                "application's own output between the console exporter's spans?)",
                 file=sys.stderr,
             )
     for pending in grouper.finish():

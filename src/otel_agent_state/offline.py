@@ -455,6 +455,16 @@ def spans_from_json(obj: Any) -> Iterator[SpanRecord]:
     raise FormatError(f"expected a JSON object, got {'an' if kind == 'array' else 'a'} {kind}")
 
 
+def may_hold_spans(value: Any) -> bool:
+    """Whether a decoded JSON value is shaped like span input at all (an OTLP request, a
+    console span, or a list of those), rather than some other JSON an application printed."""
+    if isinstance(value, dict):
+        return "resourceSpans" in value or "context" in value
+    if isinstance(value, list):
+        return any(may_hold_spans(item) for item in value)
+    return False
+
+
 def _json_kind(value: Any) -> str:
     """A decoded value's kind in JSON's words (`[1, 2]` holds numbers, not ints)."""
     if isinstance(value, bool):
@@ -509,6 +519,10 @@ class ReadStats:
     skipped_lines: int = 0
     first_skipped: int = 0  # the line number of the first of them
     values: int = 0
+    concatenated: bool = False  # the layout: concatenated values, not JSON lines
+    # JSON values in concatenated input that hold no span (an application logging JSON to
+    # stdout): skipped and counted by the caller, like lines of text.
+    other_json: int = 0
 
     def skip(self, line: int) -> None:
         self.skipped_lines += 1
@@ -556,6 +570,7 @@ def json_values(
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, (dict, list)):
+        stats.concatenated = True
         yield from _concatenated(first, stream, lineno, on_bad_line, stats)
         return
     stats.values += 1
@@ -1040,6 +1055,7 @@ __all__ = [
     "json_reason",
     "json_values",
     "judge",
+    "may_hold_spans",
     "open_input",
     "spans_from_json",
     "spans_from_otlp_json",
