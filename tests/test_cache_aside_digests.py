@@ -118,3 +118,94 @@ def test_cache_aside_on_digests(
         and dict(s.attributes or {}).get(A.STORE) == "redis"
     ]
     assert fills and all(str(f[A.WRITE_VERSIONS][0]).startswith("h:") for f in fills)  # type: ignore[index]
+
+
+def test_the_fill_says_what_it_copied(
+    telemetry: Telemetry, app: tuple[str, redis.Redis, str]
+) -> None:
+    """SPEC §3: the cache fill records `agentstate.write.copy_of`, the row version it copied."""
+    dsn, client, prefix = app
+    _workflow(dsn, client, prefix, invalidate=True)
+    spans = [dict(s.attributes or {}) for s in telemetry.spans()]
+    rows = [
+        a[A.READ_VERSIONS][0]
+        for a in spans
+        if a.get(A.STORE) == "postgresql" and A.READ_VERSIONS in a
+    ]  # type: ignore[index]
+    fills = [a for a in spans if a.get(A.STORE) == "redis" and a.get(A.OP) == "write"]
+    assert [tuple(f[A.WRITE_COPY_OF]) for f in fills] == [(rows[0],), (rows[1],)]  # type: ignore[arg-type]
+    deletes = [a for a in spans if a.get(A.STORE) == "redis" and a.get(A.OP) == "delete"]
+    assert deletes and all(A.WRITE_COPY_OF not in d for d in deletes)
+
+
+# ------------------------------------------------------------------ zero config (issue 14)
+
+
+@pytest.fixture
+def bare_app(
+    telemetry: Telemetry, postgres_dsn: str, redis_url: str
+) -> Iterator[tuple[str, redis.Redis, str]]:
+    """The same app with no configuration at all: no fact rule, no version column."""
+    schema = f"agentstate_zc_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+        conn.execute(f"CREATE TABLE {schema}.scores (id int PRIMARY KEY, score int)")
+        conn.execute(f"INSERT INTO {schema}.scores VALUES (42, 680)")
+    client = redis.Redis.from_url(f"{redis_url}/{DB}")
+    prefix = f"zc{uuid.uuid4().hex[:8]}"
+    pg, rd = PsycopgInstrumentor(), RedisInstrumentor()
+    pg.instrument(tracer_provider=telemetry.provider)
+    rd.instrument(tracer_provider=telemetry.provider)
+    try:
+        yield f"{postgres_dsn}?options=-csearch_path%3D{schema}", client, prefix
+    finally:
+        rd.uninstrument()
+        pg.uninstrument()
+        client.delete(f"{prefix}:score:42")
+        client.close()
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.mark.parametrize("invalidate", [False, True], ids=["faulty", "correct"])
+def test_zero_config_cache_lineage(
+    telemetry: Telemetry, bare_app: tuple[str, redis.Redis, str], invalidate: bool
+) -> None:
+    """SPEC §5: the fill's value equals the column the agent just read and its key holds the
+    row's key, so the cache key is the row's fact; the seed's stale cache is found with no
+    config file, and its correct twin is silent."""
+    dsn, client, prefix = bare_app
+    _workflow(dsn, client, prefix, invalidate=invalidate)
+    found = [dict(s.attributes or {})[A.ANOMALY_KIND] for s in telemetry.anomalies()]
+    assert found == ([] if invalidate else ["stale_read"])
+    spans = [dict(s.attributes or {}) for s in telemetry.spans()]
+    [row_fact] = {
+        a[A.READ_FACTS][0] for a in spans if a.get(A.STORE) == "postgresql" and A.READ_FACTS in a
+    }  # type: ignore[index]
+    fills = [a for a in spans if a.get(A.STORE) == "redis" and a.get(A.OP) == "write"]
+    assert fills and all(tuple(f[A.WRITE_FACTS]) == (row_fact,) for f in fills)  # type: ignore[arg-type]
+    assert all(tuple(f[A.LINK]) == (f"{row_fact} by column score",) for f in fills[:1])  # type: ignore[arg-type]
+    hits = [a for a in spans if a.get(A.STORE) == "redis" and a.get(A.OP) == "read"]
+    assert all(
+        tuple(h[A.READ_FACTS]) in ((row_fact,), (f"redis:{DB}/{prefix}:score:42",)) for h in hits
+    )  # type: ignore[arg-type]
+
+
+def test_no_link_without_the_key_match(
+    telemetry: Telemetry, bare_app: tuple[str, redis.Redis, str]
+) -> None:
+    """The value alone is not enough: a key that does not hold the row's key stays its own fact."""
+    dsn, client, prefix = bare_app
+    with workflow("credit"), agent("risk-assessor"):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            (score,) = conn.execute("SELECT score FROM scores WHERE id = 42").fetchone()  # type: ignore[misc]
+        client.set(f"{prefix}:latest-score", str(score))
+    client.delete(f"{prefix}:latest-score")
+    writes = [
+        dict(s.attributes or {})
+        for s in telemetry.spans()
+        if dict(s.attributes or {}).get(A.STORE) == "redis"
+        and dict(s.attributes or {}).get(A.OP) == "write"
+    ]
+    assert [tuple(w[A.WRITE_FACTS]) for w in writes] == [(f"redis:{DB}/{prefix}:latest-score",)]  # type: ignore[arg-type]
+    assert A.LINK not in writes[0]

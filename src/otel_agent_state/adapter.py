@@ -278,6 +278,8 @@ def observation(
     read_facts = get(A.READ_FACTS)
     write_facts = get(A.WRITE_FACTS)
     write_fields = get(A.WRITE_FIELDS) if write_facts else None
+    writes = pairs(write_facts, get(A.WRITE_VERSIONS), write_fields) if write_facts else ()
+    consistency = get(A.CONSISTENCY)
     return Observation(
         span_id=span_id,
         trace_id=trace_id,
@@ -286,7 +288,7 @@ def observation(
         start_ns=start_ns,
         end_ns=end_ns,
         reads=pairs(read_facts, get(A.READ_VERSIONS)) if read_facts else (),
-        writes=pairs(write_facts, get(A.WRITE_VERSIONS), write_fields) if write_facts else (),
+        writes=writes,
         store=store if type(store) is str and store else "unknown",
         tier=tier,
         agent_scope=agent_scope,
@@ -297,7 +299,18 @@ def observation(
         failed=failed,
         applied=committed is True,
         process=process,
+        consistency=consistency if type(consistency) is str and consistency else None,
+        copy_of=_copy_of(get(A.WRITE_COPY_OF), write_facts, len(writes)) if writes else (),
     )
+
+
+def _copy_of(value: object, facts: object, kept: int) -> tuple[str, ...]:
+    """`agentstate.write.copy_of` when it lines up with every write kept; else () (the core
+    derives copies from the agent's reads then)."""
+    items, fact_list = _array(value), _array(facts)
+    if items is None or fact_list is None or not (len(items) == len(fact_list) == kept):
+        return ()
+    return tuple(item if type(item) is str else "" for item in items)
 
 
 def pairs(facts: object, versions: object, fields: object = None) -> tuple[FactVersion, ...]:

@@ -19,6 +19,9 @@ TXN_ID: Final = "agentstate.txn.id"
 COMMITTED: Final = "agentstate.committed"
 TXN_OUTCOME: Final = "agentstate.txn.outcome"
 CONSISTENCY: Final = "agentstate.consistency"
+# SPEC §3: parallel to write.facts; the version a copy (cache fill, index sync) came from
+WRITE_COPY_OF: Final = "agentstate.write.copy_of"
+LINK: Final = "agentstate.link"  # parallel to write.facts: a zero-config cache link, and why
 # Ours, beyond the SPEC table: parallel to write.facts, the fields (hash fields, payload keys)
 # each write merged into the stored value, comma-separated ("," and "%" percent-encoded);
 # "" for a write that replaced the whole value. Field names only, never values.

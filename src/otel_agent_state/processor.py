@@ -35,6 +35,7 @@ from .core.model import (
     Observation,
     Scope,
     ScopeKind,
+    Tier,
     TxnEnd,
     Write,
 )
@@ -315,8 +316,11 @@ class StateCoherenceSpanProcessor(SpanProcessor):
                 self._open[context.span_id] = ctx
                 if scope_kind is not None or ctx.local_root:
                     self._live[context.span_id] = span
-        if A.STORE in attrs and A.GEN_AI_AGENT_NAME not in attrs:
-            span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
+        if A.STORE in attrs:
+            if A.GEN_AI_AGENT_NAME not in attrs:
+                span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
+            # An operation that may write is in flight: reads ending meanwhile wait for it.
+            self._emit(self._ledger.begin(trace_id, span_id, span.start_time or 0))
         if scope_kind is None:
             return
         if scope_kind == ScopeKind.DECISION:
@@ -391,6 +395,8 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             ctx = self._fallback_ctx(span)
         elif ctx.scope_kind is None and not ctx.local_root:
             if A.OP not in attrs and A.TXN_OUTCOME not in attrs:
+                if A.STORE in attrs:  # begun in flight, ended with nothing observed
+                    self._emit(self._ledger.finished(ctx.trace_id, _hex_span(context.span_id)))
                 if any(key in attrs for key in _NAMING_KEYS):
                     self._late_decision(span, ctx, attrs)
                 self._maybe_sweep()
@@ -406,6 +412,10 @@ class StateCoherenceSpanProcessor(SpanProcessor):
             if obs is not None:
                 self._count(obs)
                 found.extend(self._ledger.add_observation(obs))
+            elif A.STORE in attrs:
+                found.extend(self._ledger.finished(ctx.trace_id, _hex_span(context.span_id)))
+        elif A.STORE in attrs:
+            found.extend(self._ledger.finished(ctx.trace_id, _hex_span(context.span_id)))
         ended_txn = adapter.txn_outcome(attrs) if A.TXN_OUTCOME in attrs else None
         if ended_txn is not None:
             txn_id, outcome = ended_txn
@@ -620,11 +630,69 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         obs = self._observation(span, ctx, end_ns=time.time_ns())
         if obs is None:
             return
-        found = [a for a in self._ledger.check_read(obs) if a.kind == AnomalyKind.STALE_READ]
+        found = [
+            a
+            for a in self._ledger.check_read(obs, around=self._ancestors(span))
+            if a.kind == AnomalyKind.STALE_READ
+        ]
         if not found:
             return
         self._emit(found)
         raise StaleReadError(found[0])
+
+    def record_copies(self, span: Any) -> None:
+        """SPEC §3 `agentstate.write.copy_of` on an open write span outside the primary tier:
+        per written digest, the version its agent scope read of the fact from another tier
+        (what the core derives at the span's end, made visible in the trace)."""
+        if not isinstance(span, Span) or not span.is_recording():
+            return
+        attrs = _plain(span)
+        facts, versions = attrs.get(A.WRITE_FACTS), attrs.get(A.WRITE_VERSIONS)
+        tier = attrs.get(A.TIER)
+        if not facts or not versions or tier in (None, "primary") or A.WRITE_COPY_OF in attrs:
+            return
+        with self._lock:
+            ctx = self._open.get(_context(span).span_id)
+        if ctx is None:
+            return
+        agent = ctx.agent or _str(attrs, A.GEN_AI_AGENT_NAME) or self._service(span)
+        digests = [str(v).startswith("h:") for v in versions]
+        if not any(digests):
+            return
+        try:
+            tier_value = Tier(tier)
+        except ValueError:
+            return
+        sources = self._ledger.copy_sources(
+            ctx.trace_id,
+            ctx.agent_scope or f"agent:{agent}",
+            [str(f) for f in facts],
+            str(attrs.get(A.STORE) or "unknown"),
+            tier_value,
+            span.start_time or 0,
+        )
+        sources = [src if digest else "" for src, digest in zip(sources, digests, strict=False)]
+        if any(sources):
+            span.set_attribute(A.WRITE_COPY_OF, sources)
+
+    def _ancestors(self, span: Span) -> set[str]:
+        """Span ids of the spans around `span` (an ORM's span around its driver's, a call's
+        around its second tier's): operations that contain a read are not writes racing it.
+        (Plain spans share their parent's context, so each step starts from a real parent.)"""
+        out: set[str] = set()
+        parent = span.parent
+        key = parent.span_id if parent is not None and not parent.is_remote else None
+        while key is not None and len(out) < 64:
+            here = _hex_span(key)
+            out.add(here)
+            above = self._open.get(key)
+            if above is None:
+                break
+            if above.own_id is not None and above.own_id != here:
+                key = int(above.own_id, 16)  # a plain span: its context's owner is above it
+            else:
+                key = int(above.parent, 16) if above.parent is not None else None
+        return out
 
     # ------------------------------------------------------------------ propagation
 

@@ -23,6 +23,7 @@ class Hooks(Protocol):
     def guard_read(self, span: Any) -> None: ...
     def before_scope_end(self, span: Any, failed: bool) -> None: ...
     def attribute_agent(self, span: Any) -> None: ...
+    def record_copies(self, span: Any) -> None: ...
 
 
 _registered: list[Hooks] = []
@@ -59,6 +60,13 @@ def guard_read(span: Any) -> None:
 def before_scope_end(span: Any, failed: bool) -> None:
     """Our own scopes call this just before they end, while the span still takes events."""
     _each("before_scope_end", span, failed)
+
+
+def record_copies(span: Any) -> None:
+    """Instrumentations call this after they put the writes on an open span of a cache,
+    index or replica tier: a processor adds `agentstate.write.copy_of` for the writes that
+    copy what their agent read from another tier (SPEC §5 "Copies")."""
+    _each("record_copies", span)
 
 
 def attribute_agent(span: Any) -> None:

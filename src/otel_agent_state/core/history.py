@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 
 from .model import (
+    NONE,
     Observation,
     Op,
     Read,
@@ -359,6 +360,18 @@ class History:
         write.source = self._copied_read(write, None)
         if write.source is not None:
             write.copy_of = write.source.version
+
+    def copy_source(self, fact: str, actor: str, store: str, tier: Tier, start_ns: int) -> str:
+        """For a write about to be recorded (a digest, outside the primary tier): the version
+        it copies, as all_writes() would derive it, or "" (SPEC §3 `agentstate.write.copy_of`)."""
+        if tier == Tier.PRIMARY or fact not in self._facts:
+            return ""
+        probe = Observation("", self.trace_id, "", Op.WRITE, start_ns, start_ns, store=store)
+        probe.tier, probe.agent_scope = tier, actor if not actor.startswith("agent:") else None
+        if actor.startswith("agent:"):
+            probe.agent = actor[len("agent:") :]
+        read = self._copied_read(Write(fact, NONE, probe, None, None), None)
+        return read.version.text if read is not None else ""
 
     def _copied_read(self, write: Write, version: Version | None) -> Read | None:
         """The actor's latest read of the fact from another representation before `write`

@@ -38,6 +38,7 @@ from .model import (
     Scope,
     ScopeKind,
     Severity,
+    Tier,
     TxnEnd,
     Write,
 )
@@ -347,6 +348,17 @@ class Ledger:
             if state is None or state.quiet:
                 return []
             return state.history.reads_so_far(actor)
+
+    def copy_sources(
+        self, trace_id: str, actor: str, facts: Sequence[str], store: str, tier: Tier, start_ns: int
+    ) -> list[str]:
+        """Per fact of a write being recorded, the version it copies ("" for an original)."""
+        with self._lock:
+            state = self._traces.get(trace_id)
+            if state is None or state.quiet:
+                return [""] * len(facts)
+            history = state.history
+            return [history.copy_source(f, actor, store, tier, start_ns) for f in facts]
 
     def latest_commits(self, trace_id: str, limit: int) -> list[Write]:
         """The latest committed write of each fact of the trace, most recent commit first

@@ -31,6 +31,7 @@ from .. import runtime
 from ..core.config import FactRule, Settings, get_settings
 from ..core.model import VersionError, parse_version
 from ..errors import StaleReadError
+from . import _links
 from ._sql import Statement, Value
 from ._state_cache import StateCache
 from ._wrapping import for_contrib_span
@@ -163,6 +164,8 @@ def row_version(
     else a digest of the row; its column digests are remembered for projection reads. A
     projection: the version column's value, else the newest complete state its columns
     match, else a digest of the projection."""
+    if _links.enabled():  # a cache may copy this row or a column of it (SPEC §5)
+        _links.remember_row(settings, settings.resolve(physical).key, physical, values)
     column = rule.version.column.lower() if rule and rule.version.column else None
     version = None
     if column is not None and column in values:

@@ -267,6 +267,8 @@ class VectorCall:
         self.span.set_attribute(A.COMMITTED, True)
         if store_order is not None:
             self.span.set_attribute(A.WRITE_STORE_ORDER, store_order)
+        if self.writes:
+            runtime.record_copies(self.span)  # an index sync says what it copied
 
     def record_reads(self) -> None:
         """Put the reads on the span and run the read guard (StaleReadError passes)."""

@@ -49,6 +49,7 @@ from .. import attributes as A
 from ..adapter import encode_fields
 from ..core.config import FactRule, ResolvedFact, get_settings
 from ..errors import StaleReadError
+from . import _links
 from ._redis_commands import (
     ABSENT,
     COMMANDS,
@@ -162,6 +163,7 @@ class _Recorder:
         self.applied = True
         self.txn: tuple[str, str] | None = None  # (id, outcome) of a raw MULTI ended here
         self.batch_txn: str | None = None  # the id of the MULTI pipeline they were queued in
+        self.links: dict[_Place, str] = {}  # zero-config links made by this call's writes
 
     def physical(self, key: Any) -> str:
         return f"{STORE}:{self.db}/{key_text(self.versions.raw(key))}"
@@ -177,9 +179,11 @@ class _Recorder:
             physical = self.physical(effect.key)
             resolved = self.settings.resolve(physical)
             place = _place(resolved)
+            version = self.versions.version(physical, resolved.rule, effect.value)
+            if resolved.rule is None and _links.enabled():
+                place = self.linked(physical, effect, version) or place
             if place[0] not in self.tiers:
                 self.tiers.append(place[0])
-            version = self.versions.version(physical, resolved.rule, effect.value)
             if effect.op == "r":
                 if place in self.reads or place in self.writes:
                     continue  # the span's first read counts; a read of its own write is not one
@@ -199,6 +203,17 @@ class _Recorder:
                 self.refetch.append((place, physical, resolved.rule, kind, effect.key))
                 version = _PENDING
             self.writes[place] = version
+
+    def linked(self, physical: str, effect: Effect, version: str | None) -> _Place | None:
+        """Zero-config lineage (instrumentation/_links.py): a key linked to a row's fact, or
+        a fill of this key with a row (or column) the agent scope just read."""
+        known = _links.linked(physical)
+        if known is None and effect.op != "r" and version is not None and version[:2] == "h:":
+            text = physical.split("/", 1)[1] if "/" in physical else physical
+            known = _links.match(physical, text, version)
+            if known is not None:
+                self.links[("cache", known[0])] = f"{known[0]} by {known[1]}"
+        return ("cache", known[0]) if known is not None else None
 
     def field_names(self, fields: tuple[Any, ...] | None) -> frozenset[str] | None:
         if not fields:
@@ -262,6 +277,10 @@ class _Recorder:
             fields = [self.fields.get(place) for place in self.writes if place[0] == tier]
             if any(f is not None for f in fields):
                 out[A.WRITE_FIELDS] = [encode_fields(f) for f in fields]
+            if self.links:
+                links = [self.links.get(place, "") for place in self.writes if place[0] == tier]
+                if any(links):
+                    out[A.LINK] = links
             txn = self.txn[0] if self.txn is not None else self.batch_txn
             if part and txn is not None:
                 out[A.TXN_ID], out[A.COMMITTED] = txn, False
@@ -338,6 +357,7 @@ class _Call:
         recorder.apply(self.span, tiers[0] if tiers else None)
         if not self.span.is_recording():
             return
+        runtime.record_copies(self.span)  # a cache fill says what it copied
         for tier in tiers[1:]:
             part = self.tracer.start_span(
                 f"agentstate.keys {tier}",
@@ -346,6 +366,7 @@ class _Call:
                 start_time=getattr(self.span, "start_time", None),
             )
             recorder.apply(part, tier, part=True)
+            runtime.record_copies(part)
             self.parts.append(part)
 
     def guard(self, reads: bool) -> None:
@@ -971,7 +992,9 @@ class RedisInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             if wrap_under(cls, name, wrapper):
                 wrapped.append((cls, name, wrapper))
         type(self)._wrapped = wrapped
+        _links.enable(True)  # row reads are remembered while a cache can link to them
 
     def _uninstrument(self, **kwargs: Any) -> None:
         wrapped, type(self)._wrapped = type(self)._wrapped, []
         unwrap_all(wrapped)
+        _links.enable(False)
