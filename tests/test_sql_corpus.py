@@ -508,6 +508,33 @@ def test_without_the_sql_extra_still_no_wrong_fact(monkeypatch: pytest.MonkeyPat
     assert any(v.resolved for v in judged if v.record.dialect == "mysql" and v.kind == "write")
 
 
+def test_both_analysers_agree_on_the_corpus() -> None:
+    """The fast path and sqlglot's analysis, each on its own, name the same operation,
+    written tables and pinned rows for every corpus statement sqlglot reads."""
+    from otel_agent_state.instrumentation import _sqlglot
+
+    compared = 0
+    for record in records():
+        deep = _sqlglot.analyse(record.sql, record.dialect)
+        if deep is None:
+            continue
+        fast = _sql.fast_path(record.sql, record.dialect)
+        pk = TABLES.get((fast.table or "").lower(), {}).get("pk", ["id"])
+
+        def summary(stmt: Statement, pk: list[str] = pk, record: Record = record) -> Any:
+            targets = {t for _, t in stmt.targets}
+            return (
+                stmt.operation,
+                targets,
+                stmt.unresolved is None,
+                row_keys(stmt, pk, record.params),
+            )
+
+        assert summary(fast) == summary(deep), record.label
+        compared += 1
+    assert compared > 200
+
+
 def coverage(judged: list[Verdict]) -> list[str]:
     lines = [
         "| dialect | layer | writes | to rows | rows via RETURNING* | table-level | reads |"

@@ -251,3 +251,27 @@ def test_row_keys_never_raises() -> None:
     assert keys(stmt, ("id",), (42,)) == "array parameter not a list"
     assert keys(stmt, ("id",), object()) == "parameter not found"
     assert keys(stmt, ()) == "no primary key"
+
+
+# --------------------------------------------------------------------------- the fallback
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect", "params", "expected"),
+    [
+        ("UPDATE t SET v = 1 WHERE id = CAST(? AS INTEGER)", "sqlite", (5,), [[5]]),
+        ("DELETE FROM t WHERE id IN (CAST(%s AS INT), CAST(%s AS INT))", "postgresql", (1, 2),
+         [[1], [2]]),
+        ("UPDATE t SET v = 1 WHERE id = (?)", "sqlite", (3,), [[3]]),
+    ],
+)  # fmt: skip
+def test_sqlglot_resolves_what_the_fast_path_cannot(
+    sql: str, dialect: str, params: tuple[Any, ...], expected: list[list[Any]]
+) -> None:
+    if not _sqlglot.AVAILABLE:
+        pytest.skip("the sql extra (sqlglot) is not installed")
+    fast = _sql.fast_path(sql, dialect)
+    assert isinstance(keys(fast, ("id",), params), str)  # table-level on its own
+    stmt = _sql.analyse(sql, dialect)
+    assert stmt.analyser == "sqlglot"
+    assert keys(stmt, ("id",), params) == expected
