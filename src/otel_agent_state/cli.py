@@ -64,21 +64,25 @@ one), run the same detectors as the live span processor, and print a JSON report
 Formats, told apart per file by looking at the content:
   - the OTel Collector file exporter: one ExportTraceServiceRequest per line (JSON lines);
   - an OTLP/HTTP JSON body: one ExportTraceServiceRequest per file (any layout);
-  - the SDK console exporter (OTEL_TRACES_EXPORTER=console): one indented span per object.
-Use - to read standard input.
+  - the SDK console exporter (OTEL_TRACES_EXPORTER=console): one indented span per object;
+    what the application itself prints between the spans is skipped, with a warning.
+Any of them gzip-compressed or not. Use - to read standard input.
 
 Settings come from the same OTEL_AGENTSTATE_* variables and fact rules as the live
 processor (consistency model, clock skew across processes); the options override them.
 
 Exit status: 0 no anomaly of severity error, 1 at least one, 2 unreadable input (the file,
-line and reason go to standard error) or bad configuration.
+line and reason go to standard error), bad configuration, or with --require-spans an input
+without a single span.
 """
 
 _CHECK_EPILOG = """\
 examples:
   otel-agent-state check traces.jsonl
   otel-agent-state check planner.jsonl scorer.jsonl --clock-skew-ms 50
-  OTEL_TRACES_EXPORTER=console python my_agents.py | otel-agent-state check -
+  OTEL_TRACES_EXPORTER=console opentelemetry-instrument python my_agents.py \\
+      | otel-agent-state check -
+  otel-agent-state check --require-spans collector-export.jsonl.gz
   otel-agent-state check --skip-bad big.jsonl | jq '.anomalies[] | .summary'
 
 memory: spans are held until the input ends (no span proves a trace complete); beyond
