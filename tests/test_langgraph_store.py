@@ -290,3 +290,47 @@ def test_raise_mode_halts_the_stale_read(instrumented: Telemetry) -> None:
         with agent("responder"), pytest.raises(StaleReadError) as caught:
             replica.get(NS, "channel")
     assert caught.value.anomaly.fact == FACT
+
+
+def test_graph_nodes_share_memory_through_the_store(instrumented: Telemetry) -> None:
+    """In a compiled graph (our LangGraph instrumentation on), store calls made by nodes are
+    the nodes' observations: the agent is the node."""
+    from typing import TypedDict
+
+    from langgraph.checkpoint.memory import InMemorySaver
+    from langgraph.graph import END, START, StateGraph
+
+    from otel_agent_state.instrumentation.langgraph import LangGraphInstrumentor
+
+    class State(TypedDict):
+        reply: str
+
+    def curator(state: State, *, store: BaseStore) -> dict[str, Any]:
+        _remember(store, "phone", 2)
+        return {}
+
+    def responder(state: State, *, store: BaseStore) -> dict[str, Any]:
+        item = store.get(NS, "channel")
+        return {"reply": item.value["channel"] if item is not None else ""}
+
+    graph = StateGraph(State)
+    graph.add_node("curator", curator)
+    graph.add_node("responder", responder)
+    graph.add_edge(START, "curator")
+    graph.add_edge("curator", "responder")
+    graph.add_edge("responder", END)
+    nodes = LangGraphInstrumentor()
+    nodes.instrument(tracer_provider=instrumented.provider)
+    try:
+        app = graph.compile(store=InMemoryStore(), checkpointer=InMemorySaver())
+        result = app.invoke({"reply": ""}, {"configurable": {"thread_id": "t-1"}})
+    finally:
+        nodes.uninstrument()
+    assert result["reply"] == "phone"
+    observed = [o for o in _observations(instrumented) if o[A.STORE] == "langgraph-store"]
+    assert [(o[A.DB_OPERATION_NAME], o[A.GEN_AI_AGENT_NAME]) for o in observed] == [
+        ("put", "curator"),
+        ("get", "responder"),
+    ]
+    assert observed[1][A.READ_VERSIONS] == observed[0][A.WRITE_VERSIONS]
+    assert instrumented.anomalies() == []
