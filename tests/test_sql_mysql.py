@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from otel_agent_state.instrumentation import _sql, _sqlglot
 from otel_agent_state.instrumentation._sql import Statement, Value, analyse, row_keys
@@ -115,3 +117,45 @@ def test_transactions_and_ddl(mysql: str) -> None:
     assert analyse("SAVEPOINT `s1`", "mysql").savepoint == "s1"
     assert analyse("CREATE TABLE t (id INT PRIMARY KEY)", "mysql").operation == "DDL"
     assert analyse("SET NAMES utf8mb4", "mysql").operation == "OTHER"
+
+
+def test_long_statements_skip_sqlglot_and_still_resolve(mysql: str) -> None:
+    rows = ", ".join(["(%s, %s)"] * 800)  # a bulk insert past SQLGLOT_MAX_CHARS
+    stmt = analyse(f"INSERT INTO t (id, v) VALUES {rows}", "mysql")
+    assert len(rows) > _sql.SQLGLOT_MAX_CHARS and stmt.analyser == "fast"
+    params = [x for i in range(800) for x in (i, "v")]
+    assert row_keys(stmt, ("id",), [params])[0] == [[i] for i in range(800)]
+
+
+_WORDS = st.sampled_from(
+    [
+        "SELECT", "INSERT", "IGNORE", "INTO", "REPLACE", "UPDATE", "DELETE", "FROM", "USING",
+        "SET", "VALUES", "ON", "DUPLICATE", "KEY", "CONFLICT", "DO", "NOTHING", "WITH", "AS",
+        "WHERE", "AND", "OR", "IN", "ANY", "JOIN", "RETURNING", "MERGE", "ONLY", "=", ",", "(",
+        ")", ".", ";", "*", "%s", "%(a)s", "%%", "?", "$1", "#", "--", "'a\\'b'", '"x"', "`t`",
+        "t", "u", "a", "id", "v", "1", "NULL", "/*", "*/",
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_WORDS, max_size=25),
+    st.sampled_from(["sqlite", "postgresql", "mysql"]),
+    st.one_of(
+        st.none(), st.tuples(st.integers(), st.text()), st.dictionaries(st.text(), st.integers())
+    ),
+)
+def test_both_analysers_never_raise(words: list[str], dialect: str, params: Any) -> None:
+    sql = " ".join(words)
+    for stmt in (
+        _sql.fast_path(sql, dialect),
+        _sqlglot.analyse(sql, dialect),
+        analyse(sql, dialect),
+    ):
+        if stmt is None:
+            continue
+        assert isinstance(stmt.summary, str)
+        row_keys(stmt, ("id",), [params])
+        for _, value in stmt.where:
+            value.resolve(params)
