@@ -334,3 +334,12 @@ def test_graph_nodes_share_memory_through_the_store(instrumented: Telemetry) -> 
     ]
     assert observed[1][A.READ_VERSIONS] == observed[0][A.WRITE_VERSIONS]
     assert instrumented.anomalies() == []
+
+
+def test_suppressed_calls_make_no_spans(instrumented: Telemetry) -> None:
+    store = InMemoryStore()
+    with suppress_instrumentation():
+        _remember(store, "email", 1)
+        assert store.get(NS, "channel") is not None
+        asyncio.run(store.aget(NS, "channel"))
+    assert instrumented.spans() == []

@@ -285,3 +285,14 @@ def test_async_memory(instrumented: Telemetry, tmp_path: Path) -> None:
     assert (add[A.WRITE_FACTS], update[A.WRITE_FACTS], get[A.READ_FACTS]) == ((fact,),) * 3
     assert add[A.WRITE_VERSIONS] != update[A.WRITE_VERSIONS] == get[A.READ_VERSIONS]
     assert instrumented.anomalies() == []
+
+
+def test_suppressed_calls_make_no_spans(instrumented: Telemetry, tmp_path: Path) -> None:
+    memory = _memory(tmp_path)
+    try:
+        with suppress_instrumentation():
+            mid = _add(memory, "customer prefers email")
+            assert memory.get(mid)["memory"] == "customer prefers email"
+    finally:
+        _close(memory)
+    assert instrumented.spans() == []

@@ -198,3 +198,13 @@ def test_uninstrument_restores_the_client(client: MilvusClient, telemetry: Telem
     assert vars(MilvusClient)["insert"] is not before["insert"]
     instrumentor.uninstrument()
     assert {m: vars(MilvusClient)[m] for m in before} == before
+
+
+def test_suppressed_calls_make_no_spans(
+    milvus: tuple[MilvusClient, str], telemetry: Telemetry
+) -> None:
+    client, name = milvus
+    with suppress_instrumentation():
+        client.insert(name, [_entity(1, "email")])
+        assert client.get(name, ids=[7])[0]["text"] == "email"
+    assert telemetry.spans() == []
