@@ -101,7 +101,7 @@ class History:
     )
     # Facts written outside the primary tier: a read of them can make a later write a copy.
     _copy_tier_facts: set[str] = field(default_factory=set)
-    _order_cache: dict[tuple[str, int], VersionOrder] = field(default_factory=dict)
+    _order_cache: dict[str, dict[int, VersionOrder]] = field(default_factory=dict)
     _reads_cache: dict[str, list[Read]] = field(default_factory=dict)
     _txn_facts: dict[str, set[str]] = field(default_factory=dict)
     _decision_inputs: dict[str, dict[str, None]] = field(default_factory=dict)
@@ -147,8 +147,11 @@ class History:
             observations.move_to_end(obs.span_id)
         elif held >= MAX_OBSERVATIONS:
             observations.popitem(last=False)
-        if self._order_cache:
-            self._order_cache.clear()
+        if self._order_cache:  # the orders of the facts it read or wrote (nodes, read edges)
+            for item in obs.reads:
+                self._order_cache.pop(item.fact, None)
+            for item in obs.writes:
+                self._order_cache.pop(item.fact, None)
         key = actor_key(obs)
         if obs.reads:
             unacted = self._unacted_reads.get(key)
@@ -237,7 +240,8 @@ class History:
 
     def add_txn_end(self, end: TxnEnd) -> None:
         self.txn_ends[end.txn_id] = end
-        self._order_cache.clear()
+        for fact in self._txn_facts.get(end.txn_id, ()):
+            self._order_cache.pop(fact, None)
         for fact in self._txn_facts.get(end.txn_id, ()):
             self._writes_cache.pop(fact, None)
             self._all_writes_cache.pop(fact, None)
@@ -401,11 +405,13 @@ class History:
 
     def order(self, fact: str, skew_ms: int = 0) -> VersionOrder:
         """The version order of `fact`'s writes the trace proves (see order.py)."""
-        key = (fact, skew_ms)
-        cached = self._order_cache.get(key)
+        per_skew = self._order_cache.get(fact)
+        if per_skew is None:
+            per_skew = self._order_cache[fact] = {}
+        cached = per_skew.get(skew_ms)
         if cached is None:
             cached = VersionOrder(self.writes(fact), self.reads(fact), skew_ms * 1_000_000)
-            self._order_cache[key] = cached
+            per_skew[skew_ms] = cached
         return cached
 
     def committed_writes(self, fact: str) -> list[Write]:
