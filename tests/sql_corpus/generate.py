@@ -12,7 +12,6 @@ primary key), which `tests/test_sql_corpus.py` checks against sqlglot. Tables ar
 `sqlc_` so the run never touches other tests' tables.
 """
 
-import contextlib
 import datetime as dt
 import decimal
 import json
@@ -52,6 +51,8 @@ TABLES: dict[str, dict[str, list[list[str]] | list[str]]] = {
         "unique": [],
     },
     "checkpoint_migrations": {"pk": ["v"], "unique": []},
+    "history": {"pk": ["id"], "unique": []},
+    "messages": {"pk": ["id"], "unique": []},
 }
 
 
@@ -356,10 +357,11 @@ def django_corpus() -> None:
 
     for alias, dialect in (("default", "sqlite"), ("postgresql", "postgresql"), ("mysql", "mysql")):
         conn = connections[alias]
-        with conn.schema_editor() as editor:
-            for model in (Book.tags.through, Book, Tag, Author):
-                with contextlib.suppress(Exception):  # not there yet
-                    editor.delete_model(model)
+        # A previous run's tables, dependants first (plain DROPs: in a schema editor's
+        # transaction one failure would abort the rest on PostgreSQL).
+        with conn.cursor() as cursor:
+            for table in ("sqlc_book_tags", "sqlc_book", "sqlc_tag", "sqlc_author"):
+                cursor.execute(f"DROP TABLE IF EXISTS {table}")
         with conn.schema_editor() as editor:
             for model in (Author, Tag, Book):
                 editor.create_model(model)
@@ -493,6 +495,9 @@ class RecordingConnection:
     def execute(self, sql: str, params: Any = ()) -> Any:
         return self.cursor().execute(sql, params)
 
+    def executemany(self, sql: str, rows: Any) -> Any:
+        return self.cursor().executemany(sql, rows)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._conn, name)
 
@@ -575,6 +580,28 @@ def langgraph_corpus() -> None:
             conn.execute(f"DROP TABLE IF EXISTS {table}")
 
 
+def mem0_corpus() -> None:
+    """mem0's history store (SQLite), as `Memory` drives it."""
+    try:
+        from mem0.memory.storage import SQLiteManager
+    except ImportError as exc:
+        print(f"mem0ai not installed ({exc}): skipped", file=sys.stderr)
+        return
+    manager = SQLiteManager(":memory:")
+    manager.connection = RecordingConnection(manager.connection)  # type: ignore[assignment]
+    REC.source, REC.case = "mem0", "history"
+    manager.add_history("m1", None, "likes tea", "ADD", actor_id="a", role="user")
+    manager.add_history("m1", "likes tea", "likes coffee", "UPDATE")
+    manager.batch_add_history(
+        [{"memory_id": "m2", "old_memory": None, "new_memory": "x", "event": "ADD"}]
+    )
+    manager.get_history("m1")
+    manager.save_messages([{"role": "user", "content": "hi"}], "s1")
+    manager.get_last_messages("s1")
+    manager.reset()
+    REC.case = ""
+
+
 def main() -> None:
     import pymysql
 
@@ -585,6 +612,7 @@ def main() -> None:
     sqlalchemy_corpus("mysql", "mysql+pymysql://root@127.0.0.1:3306/test")
     django_corpus()
     langgraph_corpus()
+    mem0_corpus()
     REC.write()
 
 
