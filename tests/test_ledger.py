@@ -780,7 +780,7 @@ def test_no_verdict_on_an_incomplete_window(third: str, stale: bool) -> None:
 
 
 def test_an_operation_that_ends_with_nothing_observed_releases_the_wait() -> None:
-    h, in_flight, read = _overlap_story("h:cc")
+    h, _, read = _overlap_story("h:cc")
     ledger = _ledger()
     first, second, _, the_read = h.observations
     ledger.add_observation(first)
