@@ -595,13 +595,19 @@ class StateCoherenceSpanProcessor(SpanProcessor):
         self._emit(found)
 
     def attribute_agent(self, span: Any) -> None:
-        """Set `gen_ai.agent.name` on an open span that became an observation after it started."""
+        """An open span that became an observation after it started (a contrib span we
+        annotate): in flight from now, and named after its agent (`gen_ai.agent.name`)."""
         if not isinstance(span, Span) or not span.is_recording():
             return
+        context = _context(span)
+        with self._lock:
+            ctx = self._open.get(context.span_id)
+        if ctx is not None:  # now an operation that may write, in flight (SPEC §5 overlap)
+            self._emit(
+                self._ledger.begin(ctx.trace_id, _hex_span(context.span_id), span.start_time or 0)
+            )
         if A.GEN_AI_AGENT_NAME in _plain(span):
             return
-        with self._lock:
-            ctx = self._open.get(_context(span).span_id)
         agent = ctx.agent if ctx is not None else None
         span.set_attribute(A.GEN_AI_AGENT_NAME, agent or self._service(span))
 
