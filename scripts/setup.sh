@@ -49,4 +49,10 @@ step "installing mem0ai (without its protobuf pin)"
 .venv/bin/python -m pip install --disable-pip-version-check \
   posthog==7.91.1 pytz==2026.6 backoff==2.2.1 "openai>=1.90" "httpx>=0.28"
 .venv/bin/python -m pip install --disable-pip-version-check --no-deps mem0ai==2.2.1
+# CrewAI 1.15 needs openai<3, which the OpenAI Agents SDK of the frameworks extra does not
+# allow (openai>=3): its end-to-end test (tests/test_frameworks_crewai.py) runs the example
+# under a venv of its own.
+step "installing CrewAI and OpenLLMetry's CrewAI instrumentation in .venv-crewai"
+[ -x .venv-crewai/bin/python ] || "$PY" -m venv .venv-crewai
+.venv-crewai/bin/python -m pip install --disable-pip-version-check --quiet -e ".[redis,postgres,crewai]"
 step "done"

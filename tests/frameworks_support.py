@@ -79,16 +79,20 @@ def run_example(
     instrumentor: str | None = None,
     disabled: str = "",
     rules: bool = True,
+    python: Path = Path(sys.executable),
+    extra_env: dict[str, str] | None = None,
 ) -> Run:
     """Run examples/frameworks/`example` in `mode` (`stale` or `correct`) with the tables
     and keys named by `prefix`, the example's fact rules (none when `rules` is false), and
-    (when given) one GenAI instrumentor switched on by tests/apps/with_instrumentor.py."""
+    (when given) one GenAI instrumentor switched on by tests/apps/with_instrumentor.py,
+    under `python`'s launcher (a venv of its own for frameworks that conflict)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("OTEL_", "PYTHONPATH", "OPENAI_", "TRACELOOP_"))
     }
     env.update(CREDIT_PREFIX=prefix, CREDIT_PG=postgres_dsn, CREDIT_REDIS=f"{redis_url}/0")
+    env.update(extra_env or {})
     rules_file = tmp_path / "credit_facts.toml"
     rules_file.write_text(
         subprocess.run(
@@ -112,7 +116,7 @@ def run_example(
     if instrumentor is not None:
         app = [str(BOOTSTRAP), instrumentor, *app]
     result = subprocess.run(
-        [str(LAUNCHER), "--service_name", "credit", sys.executable, *app],
+        [str(python.with_name(LAUNCHER.name)), "--service_name", "credit", str(python), *app],
         cwd=tmp_path,
         env=env,
         capture_output=True,

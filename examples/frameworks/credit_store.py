@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from typing import Any
 
 import psycopg
@@ -34,6 +35,7 @@ CACHE_PREFIX = f"{PREFIX}:credit_score:"
 CACHE_KEY = f"{CACHE_PREFIX}{CUSTOMER}"
 PG_DSN = os.environ.get("CREDIT_PG", "host=127.0.0.1 user=postgres dbname=test")
 REDIS_URL = os.environ.get("CREDIT_REDIS", "redis://127.0.0.1:6379/0")
+_WAIT_S = 30.0  # a step waits this long at most for the other agent
 
 
 def _pg() -> psycopg.Connection[Any]:
@@ -57,30 +59,29 @@ def reset() -> None:
 
 
 class Workflow:
-    """The tools of both agents, synchronised so the interleaving is always the same."""
+    """The tools of both agents, synchronised so the interleaving is always the same: each
+    step as a blocking call (frameworks that run tools in threads) and as a coroutine."""
 
     def __init__(self, correct: bool) -> None:
         self.correct = correct
+        self._lock = threading.Lock()
         self._read = 0
-        self._both_read = asyncio.Event()
-        self._scored = asyncio.Event()
+        self._both_read = threading.Event()
+        self._scored = threading.Event()
         self.limits: dict[str, int] = {}
 
-    async def read_limit(self, agent: str) -> str:
+    def read_limit_now(self, agent: str) -> str:
         """Either agent: read the customer's limit, then wait until both have read it."""
-        with _pg() as conn:
-            row = conn.execute(
-                f"SELECT credit_limit, version FROM {LIMITS} WHERE customer_id = %s", (CUSTOMER,)
-            ).fetchone()
-        assert row is not None
-        self.limits[agent] = row[0]
-        self._read += 1
-        if self._read == 2:
-            self._both_read.set()
-        await self._both_read.wait()
-        return f"limit {row[0]}"
+        text = self._read_limit(agent)
+        self._both_read.wait(_WAIT_S)
+        return text
 
-    async def rescore(self) -> str:
+    async def read_limit(self, agent: str) -> str:
+        text = self._read_limit(agent)
+        await asyncio.to_thread(self._both_read.wait, _WAIT_S)
+        return text
+
+    def rescore_now(self) -> str:
         """The scorer: a new score, and a higher limit from the one it read."""
         with _pg() as conn:
             conn.execute(
@@ -97,9 +98,12 @@ class Workflow:
         self._scored.set()
         return "score 750"
 
-    async def assess(self) -> str:
+    async def rescore(self) -> str:
+        return self.rescore_now()
+
+    def assess_now(self) -> str:
         """The risk agent: the score through the cache, and a lower limit."""
-        await self._scored.wait()
+        self._scored.wait(_WAIT_S)
         cached = _cache().get(CACHE_KEY)
         with _pg() as conn:
             if cached is not None:
@@ -126,6 +130,23 @@ class Workflow:
             )
         print(f"risk saw score {score}, set limit {new_limit}", flush=True)
         return f"score {score}, limit {new_limit}"
+
+    async def assess(self) -> str:
+        await asyncio.to_thread(self._scored.wait, _WAIT_S)
+        return self.assess_now()
+
+    def _read_limit(self, agent: str) -> str:
+        with _pg() as conn:
+            row = conn.execute(
+                f"SELECT credit_limit, version FROM {LIMITS} WHERE customer_id = %s", (CUSTOMER,)
+            ).fetchone()
+        assert row is not None
+        with self._lock:
+            self.limits[agent] = row[0]
+            self._read += 1
+            if self._read == 2:
+                self._both_read.set()
+        return f"limit {row[0]}"
 
 
 def facts_toml() -> str:
