@@ -164,7 +164,7 @@ def where_keys_ref(
     if clause is None:
         return None
     names = {(target.alias or target.name).lower()}
-    options: dict[str, list[Any]] = {}
+    options: dict[str, list[list[Any]]] = {}
     for part in conjuncts(clause.this):
         column = part.this if isinstance(part, (exp.EQ, exp.In)) else None
         if not isinstance(column, exp.Column) or column.name.lower() not in pk:
@@ -188,10 +188,16 @@ def where_keys_ref(
                 continue
         except Unbound:
             continue
-        options.setdefault(column.name.lower(), values)
+        options.setdefault(column.name.lower(), []).append(values)
     if any(c not in options for c in pk):
         return None
-    return [tuple(k) for k in itertools.product(*(options[c] for c in pk))]
+    # every condition on a key column holds: their values intersect (compared as text, as
+    # the database coerces '5' and 5); NULL matches nothing
+    kept = {
+        c: [v for v in sets[0] if v is not None and all(str(v) in map(str, o) for o in sets[1:])]
+        for c, sets in options.items()
+    }
+    return [tuple(k) for k in itertools.product(*(kept[c] for c in pk))]
 
 
 def insert_keys_ref(
@@ -219,7 +225,7 @@ def insert_keys_ref(
         target = {k.name.lower() for k in keys}
         if clause.args.get("duplicate") and others:
             return None  # ON DUPLICATE KEY UPDATE may change the row another key matches
-        if "UPDATE" in action and not clause.args.get("duplicate") and target != set(pk):
+        if "UPDATE" in action and not clause.args.get("duplicate") and not target >= set(pk):
             return None  # the changed row agrees with ours only on the conflict target
     out: list[tuple[Any, ...]] = []
     for params in params_list:
@@ -386,6 +392,10 @@ def judge(record: Record, layer: str = "driver") -> Verdict:
                 ("row_keys", [tuple(k) for k in row_keys(stmt, pk, record.params)[0]]),
                 ("drivers", legacy_keys(stmt, pk, record.params)),
             ):
+                if how == "drivers" and expected == [] and not record.many:
+                    # Conditions no row meets (`id IN (1) AND id = 2`): the drivers take the
+                    # first equality, but record writes only when the rowcount is not 0.
+                    continue
                 if keys and (expected is None or set(keys) != set(expected)):
                     verdict.wrong.append(f"{how} pins {keys}, reference {expected}")
             verdict.resolved = bool(row_keys(stmt, pk, record.params)[0])

@@ -174,43 +174,61 @@ def _row_keys(
 
 def where_row_keys(stmt: Statement, pk: Sequence[str], params: object) -> list[list[object]] | str:
     """The keys the WHERE pins for one parameter row (equalities and IN lists on every key
-    column, as a product), or why it does not pin them."""
-    choices: list[list[object]] = []
-    pins: dict[str, Value] = {}
+    column; several on one column intersect; columns combine as a product), or why not."""
+    constraints: dict[str, list[tuple[Value, ...]]] = {}
     for column, value in stmt.where:
-        pins.setdefault(column.lower(), value)
-    sets: dict[str, tuple[Value, ...]] = {}
+        constraints.setdefault(column.lower(), []).append((value,))
     for column, values in stmt.where_in:
-        sets.setdefault(column.lower(), values)
+        constraints.setdefault(column.lower(), []).append(values)
+    choices: list[list[object]] = []
     for column in pk:
-        column = column.lower()
-        if column in pins:
-            found, resolved = pins[column].resolve(params)
-            if not found:
-                return "parameter not found"
-            choices.append([resolved])
-            continue
-        if column not in sets:
+        found_sets = constraints.get(column.lower())
+        if not found_sets:
             return stmt.where_rest or stmt.where_reason or "rows not pinned by primary key"
-        options: list[object] = []
-        for value in sets[column]:
-            found, resolved = value.resolve(params)
-            if not found:
-                return "parameter not found"
-            if value.kind == "array":
-                if not isinstance(resolved, (list, tuple)):
-                    return "array parameter not a list"
-                options.extend(resolved)
-            else:
-                options.append(resolved)
-        # NULL never equals anything; the same key twice is one row.
-        choices.append(list(dict.fromkeys(v for v in options if v is not None)))
+        options: list[dict[str, object]] = []
+        for values in found_sets:
+            resolved = _resolve_all(values, params)
+            if isinstance(resolved, str):
+                return resolved
+            # NULL never equals anything; keys compare as the database coerces them ('5' = 5).
+            options.append({_same(v): v for v in resolved if v is not None})
+        first, *others = options
+        kept = [v for text, v in first.items() if all(text in other for other in others)]
+        if not kept:
+            return "no row matches every condition on the key"
+        choices.append(kept)
     total = 1
-    for options in choices:
-        total *= len(options)
+    for kept in choices:
+        total *= len(kept)
     if total > MAX_PINNED_ROWS:
         return "too many rows"
     return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _resolve_all(values: tuple[Value, ...], params: object) -> list[object] | str:
+    out: list[object] = []
+    for value in values:
+        found, resolved = value.resolve(params)
+        if not found:
+            return "parameter not found"
+        if value.kind == "array":
+            if not isinstance(resolved, (list, tuple)):
+                return "array parameter not a list"
+            out.extend(resolved)
+        else:
+            out.append(resolved)
+    return out
+
+
+def _same(value: object) -> str:
+    """A key value as text, so values the database takes for equal compare equal."""
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return "x" + bytes(value).hex()
+    return str(value)
 
 
 def returning_keys(
