@@ -31,7 +31,14 @@ from otel_agent_state.core import config
 from otel_agent_state.processor import StateCoherenceSpanProcessor
 
 KINDS = ("stale_read", "divergent_view", "lost_update", "orphaned_mutation")
-CASE_MODULES = ("sqlite_cases", "redis_cases", "postgres_cases", "vector_cases", "memory_cases")
+CASE_MODULES = (
+    "sqlite_cases",
+    "redis_cases",
+    "postgres_cases",
+    "vector_cases",
+    "memory_cases",
+    "mysql_cases",
+)
 
 # Instrumentors each store needs: (module, class). Imported lazily: a store's module may need
 # its client library, which only that store's scenarios require.
@@ -46,7 +53,11 @@ INSTRUMENTORS: dict[str, tuple[str, str]] = {
     ),
     "mem0": ("otel_agent_state.instrumentation.mem0", "Mem0Instrumentor"),
     "milvus": ("otel_agent_state.instrumentation.milvus", "MilvusInstrumentor"),
+    "pymysql": ("otel_agent_state.instrumentation.pymysql", "PyMySQLInstrumentor"),
+    "mysqlclient": ("otel_agent_state.instrumentation.mysqlclient", "MySQLClientInstrumentor"),
+    "aiomysql": ("otel_agent_state.instrumentation.aiomysql", "AioMySQLInstrumentor"),
 }
+MYSQL_STORES = ("pymysql", "mysqlclient", "aiomysql")  # one MariaDB server, three clients
 
 
 @dataclass(frozen=True)
@@ -71,6 +82,7 @@ class Env:
     redis_url: str = ""
     postgres_dsn: str = ""
     schema: str = ""
+    mysql_dsn: str = ""  # names the scenario's own database
     _cleanup: ExitStack = field(default_factory=ExitStack)
 
     def sqlite_path(self, name: str = "app.db") -> Path:
@@ -105,6 +117,15 @@ class Env:
 
         conn = psycopg.connect(self.postgres_dsn, autocommit=autocommit)
         conn.execute(f"SET search_path TO {self.schema}")
+        self._cleanup.callback(conn.close)
+        return conn
+
+    def mysql(self, client: str, *, autocommit: bool = True, tier: str | None = None) -> Any:
+        """A connection of `client` (pymysql, mysqlclient, aiomysql) to the scenario's
+        database; `tier="replica"` tags it as a read replica."""
+        from ..mysql_support import Conn
+
+        conn = Conn(client, self.mysql_dsn, autocommit=autocommit, tier=tier)
         self._cleanup.callback(conn.close)
         return conn
 
@@ -224,6 +245,10 @@ def environment(s: Scenario, tmp: Path, service: Callable[[str], str]) -> Iterat
     env = Env(tmp=tmp)
     if "redis" in s.stores:
         env.redis_url = service("redis_url")
+    if set(s.stores) & set(MYSQL_STORES):
+        with _mysql_database(service("mysql_dsn")) as env.mysql_dsn:
+            yield env
+        return
     if "postgres" not in s.stores:
         yield env
         return
@@ -238,6 +263,19 @@ def environment(s: Scenario, tmp: Path, service: Callable[[str], str]) -> Iterat
     finally:
         with psycopg.connect(env.postgres_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {env.schema} CASCADE")
+
+
+@contextmanager
+def _mysql_database(dsn: str) -> Iterator[str]:
+    """A database of the scenario's own on the MariaDB server; its DSN."""
+    from ..mysql_support import sql
+
+    name = f"myi_sc_{uuid.uuid4().hex[:12]}"
+    sql(dsn, f"CREATE DATABASE {name}")
+    try:
+        yield dsn.rsplit("/", 1)[0] + "/" + name
+    finally:
+        sql(dsn, f"DROP DATABASE IF EXISTS {name}")
 
 
 def precision_recall(

@@ -26,6 +26,7 @@ SERVICES = {
     "postgres_dsn": os.environ.get(
         "AGENTSTATE_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test"
     ),
+    "mysql_dsn": os.environ.get("AGENTSTATE_TEST_MYSQL_DSN", "mysql://root@127.0.0.1:3306/test"),
 }
 
 
