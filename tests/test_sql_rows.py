@@ -275,3 +275,15 @@ def test_sqlglot_resolves_what_the_fast_path_cannot(
     stmt = _sql.analyse(sql, dialect)
     assert stmt.analyser == "sqlglot"
     assert keys(stmt, ("id",), params) == expected
+
+
+def test_the_analysis_and_normalise_are_cached_per_text() -> None:
+    from otel_agent_state.instrumentation.sqlalchemy import normalise
+
+    sql = "UPDATE cached_t SET v = %(v)s WHERE id = %(id)s"
+    assert _sql.analyse(sql, "postgresql") is _sql.analyse(sql, "postgresql")
+    before = normalise.cache_info().hits
+    assert normalise(sql, "pyformat") == "UPDATE cached_t SET v = :v WHERE id = :id"
+    assert normalise(sql, "pyformat") is normalise(sql, "pyformat")
+    assert normalise.cache_info().hits >= before + 2
+    assert normalise.cache_info().maxsize == _sql.CACHE_SIZE  # bounded, as the analysis
