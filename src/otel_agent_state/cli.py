@@ -165,6 +165,14 @@ def _parser() -> argparse.ArgumentParser:
         help="keep the primary and the replica in this PostgreSQL, schemas agentstate_demo "
         "and agentstate_demo_replica (default: $AGENTSTATE_POSTGRES_DSN, else SQLite)",
     )
+    demo.add_argument(
+        "--mysql-dsn",
+        default=os.environ.get("AGENTSTATE_MYSQL_DSN") or None,
+        metavar="DSN",
+        help="keep the primary and the replica in this MySQL/MariaDB (PyMySQL), databases "
+        "agentstate_demo and agentstate_demo_replica, e.g. mysql://root@127.0.0.1:3306/test "
+        "(default: $AGENTSTATE_MYSQL_DSN, else SQLite)",
+    )
     demo.set_defaults(handler=_demo)
     check = _input_command(
         commands,
@@ -286,6 +294,7 @@ def _demo(args: argparse.Namespace) -> int:
             interval=args.interval,
             redis_url=args.redis_url,
             postgres_dsn=args.postgres_dsn,
+            mysql_dsn=args.mysql_dsn,
         )
     except DemoError as exc:
         sys.stdout.flush()

@@ -84,6 +84,11 @@ def fact_rules(namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
                 {"pattern": "sqlite:app/score_cache/{customer_id}", "tier": "cache"},
                 {"pattern": "sqlite:replica/credit_scores/{customer_id}", "tier": "replica"},
                 f"postgresql:*/{names.schema}.credit_scores/{{customer_id}}",
+                f"mysql:{names.schema}/credit_scores/{{customer_id}}",
+                {
+                    "pattern": f"mysql:{names.replica_schema}/credit_scores/{{customer_id}}",
+                    "tier": "replica",
+                },
                 {
                     "pattern": f"postgresql:*/{names.replica_schema}.credit_scores/{{customer_id}}",
                     "tier": "replica",
@@ -98,6 +103,7 @@ def fact_rules(namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, Any]]:
             "keys": [
                 "sqlite:app/accounts/{account_id}",
                 f"postgresql:*/{names.schema}.accounts/{{account_id}}",
+                f"mysql:{names.schema}/accounts/{{account_id}}",
             ],
             "version": {"column": "version"},
         },
@@ -375,13 +381,21 @@ class _Stores:
 
 
 def _open_stores(
-    directory: Path, redis_url: str | None, postgres_dsn: str | None, names: _Names
+    directory: Path,
+    redis_url: str | None,
+    postgres_dsn: str | None,
+    names: _Names,
+    mysql_dsn: str | None = None,
 ) -> _Stores:
     """Connect to the servers asked for, with a clear DemoError when one cannot be used."""
     database: _Database = _SQLiteDatabase(directory)
     cache: _Cache = _SQLiteCache(directory)
+    if postgres_dsn and mysql_dsn:
+        raise DemoError("--postgres-dsn and --mysql-dsn both hold the primary: pass one")
     if postgres_dsn:
         database = _postgres(postgres_dsn, names)
+    if mysql_dsn:
+        database = _mysql(mysql_dsn, names)
     if redis_url:
         cache = _redis(redis_url, names)
     return _Stores(database, cache)
@@ -428,6 +442,46 @@ def _postgres(dsn: str, names: _Names) -> _PostgresDatabase:
     return database
 
 
+def _mysql(dsn: str, names: _Names) -> _Database:
+    where = f"MySQL/MariaDB at {redact(dsn)} (--mysql-dsn / AGENTSTATE_MYSQL_DSN)"
+    try:
+        import pymysql
+    except ImportError:
+        raise DemoError(
+            f"{where}: PyMySQL is not installed; pip install 'otel-agent-state[mysql]'"
+        ) from None
+    from ._demo_mysql import MySQLDatabase
+
+    try:
+        database = MySQLDatabase(
+            dsn,
+            names.schema,
+            names.replica_schema,
+            where,
+            _CONNECT_TIMEOUT,
+            (CUSTOMER, OLD_SCORE),
+        )
+        with suppress_instrumentation():
+            database.connect().close()
+    except (pymysql.Error, ValueError) as exc:
+        raise DemoError(
+            f"cannot connect to {where}: {_first_line(exc)}\n"
+            "Start MariaDB or MySQL there, or pass a DSN that works "
+            "(e.g. mysql://root@127.0.0.1:3306/test); leave the option out to run on "
+            "embedded SQLite."
+        ) from None
+    try:
+        database.seed()
+    except pymysql.Error as exc:
+        raise DemoError(
+            f"cannot set up the databases {names.schema} and {names.replica_schema} in "
+            f"{where}: {_first_line(exc)}\n"
+            "Connect as a user that may create databases (CREATE privilege), "
+            f"or pick another namespace with {NAMESPACE_ENV}."
+        ) from None
+    return database
+
+
 def _redis(url: str, names: _Names) -> _RedisCache:
     where = f"Redis at {redact(url)} (--redis-url / AGENTSTATE_REDIS_URL)"
     try:
@@ -468,6 +522,12 @@ def _server_errors() -> tuple[type[BaseException], ...]:
         import psycopg
 
         errors.append(psycopg.Error)
+    except ImportError:
+        pass
+    try:
+        import pymysql
+
+        errors.append(pymysql.Error)
     except ImportError:
         pass
     return tuple(errors)
@@ -607,7 +667,7 @@ def run_workflow(stores: _Stores, correct: bool, say: Callable[[str], None]) -> 
 # --------------------------------------------------------------------------- telemetry
 
 
-def _instrumentors(redis: bool, postgres: bool) -> list[Any]:
+def _instrumentors(redis: bool, postgres: bool, mysql: bool = False) -> list[Any]:
     out: list[Any] = [SQLite3Instrumentor()]
     if redis:
         from .instrumentation.redis import RedisInstrumentor
@@ -617,12 +677,16 @@ def _instrumentors(redis: bool, postgres: bool) -> list[Any]:
         from .instrumentation.psycopg import PsycopgInstrumentor
 
         out.append(PsycopgInstrumentor())
+    if mysql:
+        from .instrumentation.pymysql import PyMySQLInstrumentor
+
+        out.append(PyMySQLInstrumentor())
     return out
 
 
 @contextmanager
 def _telemetry(
-    console: bool, redis: bool = False, postgres: bool = False
+    console: bool, redis: bool = False, postgres: bool = False, mysql: bool = False
 ) -> Iterator[InMemorySpanExporter]:
     """Use the launcher's provider if there is one; else build ours. Collect anomaly spans."""
     provider = trace.get_tracer_provider()
@@ -639,7 +703,8 @@ def _telemetry(
     collected = InMemorySpanExporter()
     provider.add_span_processor(SimpleSpanProcessor(collected))
     # Under the launcher our instrumentors are already on (entry points); else turn them on.
-    ours = [i for i in _instrumentors(redis, postgres) if not i.is_instrumented_by_opentelemetry]
+    wanted = _instrumentors(redis, postgres, mysql)
+    ours = [i for i in wanted if not i.is_instrumented_by_opentelemetry]
     for instrumentor in ours:
         instrumentor.instrument(tracer_provider=provider)
     try:
@@ -711,6 +776,7 @@ def run(
     redis_url: str | None = None,
     postgres_dsn: str | None = None,
     namespace: str | None = None,
+    mysql_dsn: str | None = None,
 ) -> DemoResult:
     """Run the workflows `repeat` times (0: until interrupted), `interval` seconds apart.
 
@@ -727,7 +793,9 @@ def run(
         scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="otel-agent-state-demo-"))
         directory = workdir or Path(scratch)
         directory.mkdir(parents=True, exist_ok=True)
-        stores = _open_stores(directory, redis_url or None, postgres_dsn or None, names)
+        stores = _open_stores(
+            directory, redis_url or None, postgres_dsn or None, names, mysql_dsn or None
+        )
         stack.callback(stores.cache.close)
         stack.callback(stores.database.close)
 
@@ -736,7 +804,9 @@ def run(
 
         out.write(_header(stores, directory) + "\n")
         collected = stack.enter_context(
-            _telemetry(console, redis=bool(redis_url), postgres=bool(postgres_dsn))
+            _telemetry(
+                console, redis=bool(redis_url), postgres=bool(postgres_dsn), mysql=bool(mysql_dsn)
+            )
         )
         errors = _server_errors()
         round_ = 0
