@@ -326,3 +326,36 @@ def test_serve_print_says_when_the_application_already_reported_its_findings(
         assert "1 anomaly found that the exporting application's own otel-agent-state " in line
         assert "(not printed again)" in line
     assert "stopped: " in stopped and "stopped: " not in periodic
+
+
+def test_a_busy_port_is_one_clear_line() -> None:
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+
+    def serve(*ports: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(COMMAND), "serve", "--print", *ports],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        grpc = serve("--port", "0", "--grpc-port", str(port))
+        http = serve("--port", str(port), "--grpc-port", "0")
+    assert grpc.returncode == 2
+    assert grpc.stderr == (
+        f"otel-agent-state serve: cannot listen for OTLP/gRPC on 127.0.0.1:{port} (in use?); "
+        "choose other ports with --port / --grpc-port (or --no-grpc)\n"
+    )
+    assert http.returncode == 2
+    assert http.stderr.startswith(
+        f"otel-agent-state serve: cannot listen for OTLP/HTTP on 127.0.0.1:{port}: "
+    )
+    assert len(http.stderr.splitlines()) == 1

@@ -449,7 +449,12 @@ class Receiver:
         self._judge_lock = threading.Lock()
         self.grpc_on_http_port = 0
         self._dropped_signals: set[str] = set()
-        self.server = ThreadingHTTPServer((host, port), handler(self))
+        try:
+            self.server = ThreadingHTTPServer((host, port), handler(self))
+        except OSError as exc:
+            raise OSError(
+                f"cannot listen for OTLP/HTTP on {host}:{port}: {exc.strerror or exc}"
+            ) from None
         self.server.daemon_threads = True
         self.grpc: Any = None
         if grpc_port is not None:
@@ -703,6 +708,8 @@ def run(args: argparse.Namespace) -> int:
     )
     grpc_port: int | None = None
     if not args.no_grpc:
+        # gRPC's core logs to stderr on its own (a failed bind, twice); serve says it once.
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         if serve_grpc.available():
             grpc_port = args.grpc_port
         else:
@@ -719,9 +726,8 @@ def run(args: argparse.Namespace) -> int:
         )
     except OSError as exc:
         print(
-            f"otel-agent-state serve: cannot listen on {args.host} (HTTP port {args.port}"
-            + (f", gRPC port {grpc_port}" if grpc_port is not None else "")
-            + f"): {exc}",
+            f"otel-agent-state serve: {exc}; choose other ports with --port / --grpc-port "
+            "(or --no-grpc)",
             file=sys.stderr,
         )
         reporter.shutdown()

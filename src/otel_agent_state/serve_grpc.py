@@ -83,10 +83,10 @@ class GrpcReceiver:
         self.server.add_generic_rpc_handlers((handler, *others))
         try:
             bound = self.server.add_insecure_port(f"{_bracketed(host)}:{port}")
-        except RuntimeError as exc:  # grpcio >= 1.6x raises instead of returning 0
-            raise OSError(f"cannot bind OTLP/gRPC to {host}:{port}: {exc}") from None
-        if not bound:
-            raise OSError(f"cannot bind OTLP/gRPC to {host}:{port}")
+        except RuntimeError:  # grpcio >= 1.6x raises instead of returning 0
+            bound = 0
+        if not bound:  # grpcio says no more than that (and points at GRPC_VERBOSITY)
+            raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port} (in use?)")
         self.host = host
         self.port = int(bound)
 
