@@ -107,7 +107,7 @@ def analyse(sql: object, dialect: str = "sqlite") -> Statement:
         sql = sql.decode("utf-8", "replace")
     if not isinstance(sql, str):
         return Statement(unresolved="not text")
-    return _analyse_text(sql, dialect if dialect in DIALECTS else "sqlite")
+    return _analyse_text(sql, dialect)  # an unknown dialect is read as SQLite, once per text
 
 
 def fast_path(sql: str, dialect: str = "sqlite") -> Statement:
@@ -121,6 +121,8 @@ def fast_path(sql: str, dialect: str = "sqlite") -> Statement:
 
 @functools.lru_cache(maxsize=CACHE_SIZE)
 def _analyse_text(sql: str, dialect: str) -> Statement:
+    if dialect not in DIALECTS:
+        dialect = "sqlite"
     fast = fast_path(sql, dialect)
     if len(sql) > SQLGLOT_MAX_CHARS or not _wants_sqlglot(fast, dialect):
         return fast
