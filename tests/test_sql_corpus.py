@@ -23,14 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlglot
+from sqlglot import expressions as exp
 
 from otel_agent_state.instrumentation import _sql
 from otel_agent_state.instrumentation._dbapi import insert_key, where_keys
 from otel_agent_state.instrumentation._sql import Statement, analyse, row_keys
 from otel_agent_state.instrumentation.sqlalchemy import normalise
-
-sqlglot = pytest.importorskip("sqlglot")
-from sqlglot import expressions as exp  # noqa: E402
 
 CORPUS = Path(__file__).parent / "sql_corpus"
 DIALECTS = ("sqlite", "postgresql", "mysql")

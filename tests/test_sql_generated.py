@@ -7,15 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from otel_agent_state.instrumentation import _sql, _sqlglot
 from otel_agent_state.instrumentation._sql import row_keys
 
-pytest.importorskip("sqlglot")
-from tests.test_sql_corpus import Record, judge
+from .test_sql_corpus import Record, judge
 
 TARGET, OTHER = "sqlc_docs", "sqlc_users"
 

@@ -14,13 +14,15 @@ from hypothesis import strategies as st
 from otel_agent_state.instrumentation import _sql, _sqlglot
 from otel_agent_state.instrumentation._sql import Statement, Value, analyse, row_keys
 
+from .conftest import fail_or_skip
+
 
 @pytest.fixture(params=["with sqlglot", "fast path only"])
 def mysql(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     if request.param == "fast path only":
         monkeypatch.setattr(_sqlglot, "sqlglot", None)  # as without the `sql` extra
     elif not _sqlglot.AVAILABLE:
-        pytest.skip("the sql extra (sqlglot) is not installed")
+        fail_or_skip("the sql extra (sqlglot) is not installed")
     _sql._analyse_text.cache_clear()
     yield request.param
     _sql._analyse_text.cache_clear()

@@ -15,6 +15,8 @@ from otel_agent_state.instrumentation import _sql, _sqlglot
 from otel_agent_state.instrumentation._dbapi import where_keys
 from otel_agent_state.instrumentation._sql import Statement, returning_keys, row_keys
 
+from .conftest import fail_or_skip
+
 Analyse = Callable[[str, str], Statement]
 
 
@@ -28,7 +30,7 @@ def _deep(sql: str, dialect: str) -> Statement:
 def analyse(request: pytest.FixtureRequest) -> Analyse:
     if request.param == "sqlglot":
         if not _sqlglot.AVAILABLE:
-            pytest.skip("the sql extra (sqlglot) is not installed")
+            fail_or_skip("the sql extra (sqlglot) is not installed")
         return _deep
     return _sql.fast_path
 
@@ -269,7 +271,7 @@ def test_sqlglot_resolves_what_the_fast_path_cannot(
     sql: str, dialect: str, params: tuple[Any, ...], expected: list[list[Any]]
 ) -> None:
     if not _sqlglot.AVAILABLE:
-        pytest.skip("the sql extra (sqlglot) is not installed")
+        fail_or_skip("the sql extra (sqlglot) is not installed")
     fast = _sql.fast_path(sql, dialect)
     assert isinstance(keys(fast, ("id",), params), str)  # table-level on its own
     stmt = _sql.analyse(sql, dialect)
