@@ -13,7 +13,7 @@ from otel_agent_state import agent, configure, workflow
 from otel_agent_state import attributes as A
 
 from .conftest import Telemetry
-from .mysql_support import CLIENTS, Conn, instrumentor, sql, unique_prefix
+from .mysql_support import CLIENTS, Conn, instrumentor, module, sql, unique_prefix
 
 
 @pytest.fixture
@@ -44,14 +44,13 @@ def _session(client: str, dsn: str, table: str) -> list[Any]:
     cur = conn.cursor()
     seen.append(cur.execute(f"INSERT INTO {table} (label, n) VALUES (%s, %s)", ("d", 4)))
     seen += [cur.rowcount, cur.lastrowid]
-    if client != "mysqlclient":  # PyMySQL's and aiomysql's last result on the connection
-        seen += [conn.raw.insert_id(), conn.raw.affected_rows()]
-    else:
-        seen.append(conn.raw.insert_id())
+    seen += [conn.raw.insert_id(), conn.raw.affected_rows()]  # the connection's last result
     seen.append(cur.execute(f"SELECT id, label, n FROM {table} WHERE id = %s", (2,)))
     seen += [cur.description, cur.rowcount, cur.fetchone(), cur.fetchone()]
     seen.append(cur.execute(f"UPDATE {table} SET n = n + 1 WHERE label IN (%s, %s)", ("a", "b")))
-    seen.append(cur.rowcount)
+    seen += [cur.rowcount, conn.raw.affected_rows()]
+    if client == "mysqlclient":  # libmysqlclient's own account of the last statement
+        seen += [conn.raw.info(), conn.raw.warning_count()]
     seen.append(cur.execute(f"SELECT label FROM {table} ORDER BY id"))
     seen += [cur.fetchmany(2), cur.fetchall(), cur.fetchall()]
     dict_cur = conn.cursor("dict")
@@ -185,3 +184,27 @@ def test_suppressed_instrumentation_records_nothing(
         assert conn.one(f"SELECT n FROM {table} WHERE id = 1") == (9,)
         conn.close()
     assert telemetry.spans() == []
+
+
+@pytest.mark.parametrize("name", CLIENTS)
+def test_instrument_and_uninstrument_are_symmetric(telemetry: Telemetry, name: str) -> None:
+    targets = module(name)._targets()
+    before = {(cls, attr): cls.__dict__.get(attr) for cls, attr, _ in targets}
+    inst = instrumentor(name)
+    inst.instrument(tracer_provider=telemetry.provider)
+    for cls, attr, fn in targets:
+        chain = [cls.__dict__.get(attr)]
+        while hasattr(chain[-1], "__wrapped__") and len(chain) < 8:
+            chain.append(chain[-1].__wrapped__)
+        assert any(getattr(link, "_self_wrapper", None) is fn for link in chain), (cls, attr)
+    inst.uninstrument()
+    assert {(cls, attr): cls.__dict__.get(attr) for cls, attr, _ in targets} == before
+
+
+def test_entry_points_name_each_instrumentor() -> None:
+    from importlib.metadata import entry_points
+
+    found = {ep.name: ep.value for ep in entry_points(group="opentelemetry_instrumentor")}
+    assert found["agentstate_pymysql"].endswith("pymysql:PyMySQLInstrumentor")
+    assert found["agentstate_mysqlclient"].endswith("mysqlclient:MySQLClientInstrumentor")
+    assert found["agentstate_aiomysql"].endswith("aiomysql:AioMySQLInstrumentor")

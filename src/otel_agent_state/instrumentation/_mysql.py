@@ -158,6 +158,9 @@ class MyState:
         self.scopes = Scopes()
         self.in_txn = False  # followed here for drivers that cannot tell
         self.unbuffered: weakref.ref[Any] | None = None  # cursor with a result being read
+        # What the connection said of the application's last statement before our queries
+        # replaced it (a driver whose connection keeps it in C: mysqlclient).
+        self.masked: tuple[Any, ...] | None = None
         self.enabled = True
 
     def namespace(self, schema: str | None = None) -> str:

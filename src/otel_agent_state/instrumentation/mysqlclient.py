@@ -15,6 +15,7 @@ autocommit) and from begin()/commit()/rollback()/autocommit().
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from contextvars import ContextVar
 from typing import Any
 
 import wrapt
@@ -60,6 +61,13 @@ def _executor(conn: Any) -> Callable[[str, tuple[Any, ...]], Rows]:
     import MySQLdb.cursors
 
     def execute(sql: str, params: tuple[Any, ...]) -> Rows:
+        # libmysqlclient keeps the last statement's affected rows, info and warning count
+        # on the connection, and ours would replace them: the application's are kept and
+        # returned until its next statement.
+        state = my._states.get(conn)
+        if state is not None and state.masked is None:
+            state.masked = tuple(getattr(conn, name)() for name in _MASKED)
+        token = _ours.set(True)
         cursor = MySQLdb.cursors.Cursor(conn)
         try:
             cursor.execute(sql, params or None)
@@ -67,8 +75,37 @@ def _executor(conn: Any) -> Callable[[str, tuple[Any, ...]], Rows]:
             return names, list(cursor.fetchall() or ()) if cursor.description else []
         finally:
             cursor.close()
+            _ours.reset(token)
 
     return execute
+
+
+_MASKED = ("affected_rows", "info", "warning_count")
+_ours: ContextVar[bool] = ContextVar("agentstate_mysqlclient_ours", default=False)
+
+
+def _unmask(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+    """A statement of the application's: the connection tells about it again."""
+    if not _ours.get():
+        state = my._states.get(instance)
+        if state is not None:
+            state.masked = None
+    return wrapped(*args, **kwargs)
+
+
+def _masked(index: int) -> Callable[..., Any]:
+    def wrapper(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        state = None if _ours.get() else my._states.get(instance)
+        if state is not None and state.masked is not None:
+            return state.masked[index]
+        return wrapped(*args, **kwargs)
+
+    return wrapper
+
+
+_MASK_WRAPPERS = [(name, _masked(index)) for index, name in enumerate(_MASKED)]
+# What runs a statement of the application's on the connection (cursors go through query()).
+_UNMASKING = ("query", "commit", "rollback", "autocommit", "select_db", "next_result", "ping")
 
 
 _hooks = SyncHooks(DRIVER, _executor, lambda: _tracer)
@@ -76,6 +113,11 @@ _EXECUTE = _hooks.execute("execute")
 _EXECUTEMANY = _hooks.execute("executemany")
 _COMMIT, _ROLLBACK = _hooks.ending("commit"), _hooks.ending("rollback")
 _CLOSE = _hooks.ending("rollback")  # the server rolls back what a closed session left open
+# Bound once: a bound method is a new object at each access, and our wrappers are found
+# (and taken out) by identity.
+_FETCHONE, _FETCHMANY, _FETCHALL = _hooks.fetchone, _hooks.fetchmany, _hooks.fetchall
+_CURSOR_CLOSE, _BEGIN = _hooks.close, _hooks.begin
+_AUTOCOMMIT, _SELECT_DB = _hooks.autocommit, _hooks.select_db
 
 
 def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
@@ -85,10 +127,10 @@ def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
     cursor = {
         "execute": _EXECUTE,
         "executemany": _EXECUTEMANY,
-        "fetchone": _hooks.fetchone,
-        "fetchmany": _hooks.fetchmany,
-        "fetchall": _hooks.fetchall,
-        "close": _hooks.close,
+        "fetchone": _FETCHONE,
+        "fetchmany": _FETCHMANY,
+        "fetchall": _FETCHALL,
+        "close": _CURSOR_CLOSE,
     }
     out: list[tuple[type, str, Callable[..., Any]]] = []
     classes = (
@@ -103,10 +145,12 @@ def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
         (conn, "commit", _COMMIT),
         (conn, "rollback", _ROLLBACK),
         (conn, "close", _CLOSE),
-        (conn, "begin", _hooks.begin),
-        (conn, "autocommit", _hooks.autocommit),
-        (conn, "select_db", _hooks.select_db),
+        (conn, "begin", _BEGIN),
+        (conn, "autocommit", _AUTOCOMMIT),
+        (conn, "select_db", _SELECT_DB),
     ]
+    out += [(conn, name, fn) for name, fn in _MASK_WRAPPERS]
+    out += [(conn, name, _unmask) for name in _UNMASKING]
     return out
 
 

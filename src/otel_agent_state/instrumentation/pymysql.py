@@ -77,6 +77,11 @@ _EXECUTE = _hooks.execute("execute")
 _EXECUTEMANY = _hooks.execute("executemany")
 _COMMIT, _ROLLBACK = _hooks.ending("commit"), _hooks.ending("rollback")
 _CLOSE = _hooks.ending("rollback")  # the server rolls back what a closed session left open
+# Bound once: a bound method is a new object at each access, and our wrappers are found
+# (and taken out) by identity.
+_FETCHONE, _FETCHMANY, _FETCHALL = _hooks.fetchone, _hooks.fetchmany, _hooks.fetchall
+_CURSOR_CLOSE, _BEGIN = _hooks.close, _hooks.begin
+_AUTOCOMMIT, _SELECT_DB = _hooks.autocommit, _hooks.select_db
 
 
 def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
@@ -86,10 +91,10 @@ def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
     cursor = {
         "execute": _EXECUTE,
         "executemany": _EXECUTEMANY,
-        "fetchone": _hooks.fetchone,
-        "fetchmany": _hooks.fetchmany,
-        "fetchall": _hooks.fetchall,
-        "close": _hooks.close,
+        "fetchone": _FETCHONE,
+        "fetchmany": _FETCHMANY,
+        "fetchall": _FETCHALL,
+        "close": _CURSOR_CLOSE,
     }
     out: list[tuple[type, str, Callable[..., Any]]] = []
     for cls in (pymysql.cursors.Cursor, pymysql.cursors.SSCursor):
@@ -99,9 +104,9 @@ def _targets() -> list[tuple[type, str, Callable[..., Any]]]:
         (conn, "commit", _COMMIT),
         (conn, "rollback", _ROLLBACK),
         (conn, "close", _CLOSE),
-        (conn, "begin", _hooks.begin),
-        (conn, "autocommit", _hooks.autocommit),
-        (conn, "select_db", _hooks.select_db),
+        (conn, "begin", _BEGIN),
+        (conn, "autocommit", _AUTOCOMMIT),
+        (conn, "select_db", _SELECT_DB),
     ]
     return out
 
