@@ -359,3 +359,56 @@ def test_a_busy_port_is_one_clear_line() -> None:
         f"otel-agent-state serve: cannot listen for OTLP/HTTP on 127.0.0.1:{port}: "
     )
     assert len(http.stderr.splitlines()) == 1
+
+
+def test_the_default_grpc_port_taken_leaves_serve_on_otlp_http(sink: Sink) -> None:
+    """A sidecar Collector on 4317 forwarding to serve over OTLP/HTTP (collector-config/):
+    serve still starts, on OTLP/HTTP alone, and says so."""
+    import socket
+
+    holder: socket.socket | None = socket.socket()
+    try:
+        holder.bind(("127.0.0.1", 4317))
+        holder.listen()
+    except OSError:  # taken already: the situation under test all the same
+        holder.close()
+        holder = None
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    proc = subprocess.Popen(
+        [
+            str(COMMAND),
+            "serve",
+            "--port",
+            "0",
+            "--otlp-endpoint",
+            sink.endpoint,
+            "--trace-idle-ms",
+            "300",
+        ],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        log = []
+        for line in proc.stderr:
+            log.append(line)
+            if "listening on " in line:
+                break
+        assert "OTLP/gRPC" not in log[-1], log
+        endpoint = log[-1].split("listening on ")[1].split(" ")[0].removesuffix("/v1/traces")
+        assert (
+            "cannot listen for OTLP/gRPC on 127.0.0.1:4317 (in use?): OTLP/HTTP only "
+            "(--grpc-port chooses another gRPC port)" in "".join(log)
+        )
+        ids = _workflow(endpoint, "n:1", "protobuf", "json")
+        [anomaly] = sink.wait_for(sink.anomaly_spans)
+        assert anomaly.parent_span_id.hex() == ids["read"]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        if holder is not None:
+            holder.close()
+    assert proc.returncode == 0

@@ -593,8 +593,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grpc-port",
         type=_port,
-        default=DEFAULT_GRPC_PORT,
-        help=f"OTLP/gRPC port, 0 = any free port (default: {DEFAULT_GRPC_PORT})",
+        default=None,
+        help=f"OTLP/gRPC port, 0 = any free port (default: {DEFAULT_GRPC_PORT}, or OTLP/HTTP "
+        "alone with a warning when that port is taken, e.g. by a sidecar Collector)",
     )
     parser.add_argument(
         "--no-grpc", action="store_true", help="do not listen for OTLP/gRPC (OTLP/HTTP only)"
@@ -711,11 +712,12 @@ def run(args: argparse.Namespace) -> int:
         # gRPC's core logs to stderr on its own (a failed bind, twice); serve says it once.
         os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         if serve_grpc.available():
-            grpc_port = args.grpc_port
+            grpc_port = DEFAULT_GRPC_PORT if args.grpc_port is None else args.grpc_port
         else:
             _log.warning("OTLP/gRPC is off: grpcio is not installed (pip install grpcio)")
-    try:
-        receiver = Receiver(
+
+    def receiver_on(grpc_port: int | None) -> Receiver:
+        return Receiver(
             buffer,
             reporter,
             host=args.host,
@@ -724,6 +726,17 @@ def run(args: argparse.Namespace) -> int:
             grpc_port=grpc_port,
             summary_interval_s=args.summary_interval_s,
         )
+
+    try:
+        try:
+            receiver = receiver_on(grpc_port)
+        except serve_grpc.BindError as exc:
+            if args.grpc_port is not None:
+                raise
+            # The default port taken (a Collector, a sidecar forwarding to our OTLP/HTTP):
+            # serve as before, over OTLP/HTTP alone, rather than not at all.
+            _log.warning("%s: OTLP/HTTP only (--grpc-port chooses another gRPC port)", exc)
+            receiver = receiver_on(None)
     except OSError as exc:
         print(
             f"otel-agent-state serve: {exc}; choose other ports with --port / --grpc-port "

@@ -37,6 +37,10 @@ OTHER_SERVICES = {
 Accept = Callable[[bytes], tuple[int, str]]
 
 
+class BindError(OSError):
+    """The gRPC port cannot be had (grpcio does not say why: in use, or not permitted)."""
+
+
 def available() -> bool:
     """Whether grpcio can be imported (it ships with the OTLP gRPC exporter)."""
     return importlib.util.find_spec("grpc") is not None
@@ -86,7 +90,7 @@ class GrpcReceiver:
         except RuntimeError:  # grpcio >= 1.6x raises instead of returning 0
             bound = 0
         if not bound:  # grpcio says no more than that (and points at GRPC_VERBOSITY)
-            raise OSError(f"cannot listen for OTLP/gRPC on {host}:{port} (in use?)")
+            raise BindError(f"cannot listen for OTLP/gRPC on {host}:{port} (in use?)")
         self.host = host
         self.port = int(bound)
 
@@ -135,4 +139,4 @@ def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
-__all__ = ["DEFAULT_GRPC_PORT", "GrpcReceiver", "available"]
+__all__ = ["DEFAULT_GRPC_PORT", "BindError", "GrpcReceiver", "available"]
