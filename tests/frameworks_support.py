@@ -25,10 +25,19 @@ CLI = Path(sys.executable).with_name("otel-agent-state")
 
 Finding = tuple[str, str, tuple[str, ...], str]  # kind, fact, agents, severity
 
-# What the buggy run must report, exactly: the risk agent read the cached score the scorer
-# had just replaced, inside a tool call (so an error), and both wrote a limit computed from
-# the same read.
-STALE: list[Finding] = [
+
+def stale(prefix: str) -> list[Finding]:
+    """What the buggy run must report with no configuration, exactly: the risk agent read
+    the score it had cached (linked to the row with no config) after the scorer replaced it,
+    and acted on it (an error); and both wrote a limit computed from the same read."""
+    return [
+        ("lost_update", f"postgresql:test/{prefix}_limits/42", ("scorer", "risk"), "error"),
+        ("stale_read", f"postgresql:test/{prefix}_scores/42", ("risk", "scorer"), "error"),
+    ]
+
+
+# The same with the example's fact rules (credit_store.facts_toml): the facts by rule name.
+RULED: list[Finding] = [
     ("lost_update", "credit_limit/42", ("scorer", "risk"), "error"),
     ("stale_read", "credit_score/42", ("risk", "scorer"), "error"),
 ]
@@ -62,8 +71,13 @@ class Run:
         }
 
     def decision_inputs(self, tool_span_name: str) -> list[list[str]]:
+        """The facts each span of that name had as decision inputs (versions left out:
+        digests are keyed per process)."""
         return [
-            list(s["attributes"].get("agentstate.decision.inputs", ["<missing>"]))
+            [
+                item.rpartition("@")[0]
+                for item in s["attributes"].get("agentstate.decision.inputs", ["<missing>@"])
+            ]
             for s in self.named(tool_span_name)
         ]
 
@@ -78,12 +92,12 @@ def run_example(
     redis_url: str,
     instrumentor: str | None = None,
     disabled: str = "",
-    rules: bool = True,
+    rules: bool = False,
     python: Path = Path(sys.executable),
     extra_env: dict[str, str] | None = None,
 ) -> Run:
     """Run examples/frameworks/`example` in `mode` (`stale` or `correct`) with the tables
-    and keys named by `prefix`, the example's fact rules (none when `rules` is false), and
+    and keys named by `prefix`, no configuration (the example's fact rules with `rules`), and
     (when given) one GenAI instrumentor switched on by tests/apps/with_instrumentor.py,
     under `python`'s launcher (a venv of its own for frameworks that conflict)."""
     env = {

@@ -1,8 +1,9 @@
-"""CrewAI, end to end and zero-code: a crew of two agents whose tasks run at the same time
-(a scripted LLM) on real PostgreSQL and Redis under `opentelemetry-instrument`, traced by
-OpenLLMetry's CrewAI instrumentation. CrewAI needs openai<3, which the OpenAI Agents SDK of
-the `frameworks` extra does not allow, so the example runs in `.venv-crewai`, which
-scripts/setup.sh creates (`crewai` extra); `check` runs in this environment."""
+"""CrewAI, end to end and zero-code with no configuration: a crew of two agents whose tasks run
+at the same time (a scripted LLM) on real PostgreSQL and Redis under
+`opentelemetry-instrument`, traced by OpenLLMetry's CrewAI instrumentation. CrewAI needs
+openai<3, which the OpenAI Agents SDK of the `frameworks` extra does not allow, so the
+example runs in `.venv-crewai`, which scripts/setup.sh creates (`crewai` extra); `check`
+runs in this environment."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import fail_or_skip
-from .frameworks_support import ROOT, STALE, run_example
+from .frameworks_support import ROOT, run_example, stale
 
 PYTHON = ROOT / ".venv-crewai" / "bin" / "python"
 
@@ -38,7 +39,7 @@ def test_crew_findings_and_agent_names(
             "XDG_DATA_HOME": str(tmp_path / "data"),
         },
     )
-    expected = STALE if mode == "stale" else []
+    expected = stale("fwt_crew") if mode == "stale" else []
     assert f"risk saw score {680 if mode == 'stale' else 750}" in run.stdout
     assert run.online == expected
     assert run.offline == expected

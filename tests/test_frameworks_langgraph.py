@@ -1,8 +1,9 @@
-"""LangGraph, end to end and zero-code: a graph whose two nodes (the agents) run in one
-superstep on real PostgreSQL and Redis under `opentelemetry-instrument`, with our own
-LangGraph instrumentation and OpenInference's or OpenLLMetry's LangChain instrumentation
-(one at a time: both register the entry point `langchain`). The agents are the nodes, each
-with one agent span (OpenLLMetry's graph spans, which it names an agent, are not one)."""
+"""LangGraph, end to end and zero-code with no configuration: a graph whose two nodes (the
+agents) run in one superstep on real PostgreSQL and Redis under `opentelemetry-instrument`,
+with our own LangGraph instrumentation and OpenInference's or OpenLLMetry's LangChain
+instrumentation (one at a time: both register the entry point `langchain`). The agents are
+the nodes, each with one agent span (OpenLLMetry's graph spans, which it names an agent, are
+not one)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from otel_agent_state import adapter
 from otel_agent_state.core.model import ScopeKind
 
-from .frameworks_support import STALE, Run, require, run_example
+from .frameworks_support import Run, require, run_example, stale
 
 EXAMPLE = "langgraph_credit.py"
 INSTRUMENTATIONS: dict[str, str | None] = {
@@ -44,17 +45,18 @@ def test_node_agents_findings(
 ) -> None:
     instrumentor = INSTRUMENTATIONS[instrumentation]
     require("langgraph", *([instrumentor.partition(":")[0]] if instrumentor else []))
+    prefix = f"fwt_lg_{instrumentation[:5].replace('-', '')}"
     run = run_example(
         tmp_path,
         EXAMPLE,
         mode,
-        prefix=f"fwt_lg_{instrumentation[:5].replace('-', '')}",
+        prefix=prefix,
         postgres_dsn=postgres_dsn,
         redis_url=redis_url,
         instrumentor=instrumentor,
         disabled="openai_agents,langchain",
     )
-    expected = STALE if mode == "stale" else []
+    expected = stale(prefix) if mode == "stale" else []
     assert f"risk saw score {680 if mode == 'stale' else 750}" in run.stdout
     assert run.online == expected
     assert run.offline == expected

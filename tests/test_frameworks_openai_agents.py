@@ -1,7 +1,7 @@
-"""The OpenAI Agents SDK, end to end and zero-code: two agents with a scripted `Model` on
-real PostgreSQL and Redis under `opentelemetry-instrument`, traced through OpenInference's
-and through OpenLLMetry's openai-agents instrumentation (one at a time: both register the
-entry point `openai_agents`)."""
+"""The OpenAI Agents SDK, end to end and zero-code with no configuration: two agents with a
+scripted `Model` on real PostgreSQL and Redis under `opentelemetry-instrument`, traced
+through OpenInference's and through OpenLLMetry's openai-agents instrumentation (one at a
+time: both register the entry point `openai_agents`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .frameworks_support import STALE, require, run_example
+from .frameworks_support import require, run_example, stale
 
 EXAMPLE = "openai_agents_credit.py"
 INSTRUMENTATIONS = {
@@ -29,20 +29,23 @@ def test_findings_and_agent_names(
 ) -> None:
     require("agents", INSTRUMENTATIONS[instrumentation][0].partition(":")[0])
     instrumentor, tool_suffix = INSTRUMENTATIONS[instrumentation]
+    prefix = f"fwt_oai_{instrumentation[:5]}"
     run = run_example(
         tmp_path,
         EXAMPLE,
         mode,
-        prefix=f"fwt_oai_{instrumentation[:5]}",
+        prefix=prefix,
         postgres_dsn=postgres_dsn,
         redis_url=redis_url,
         instrumentor=instrumentor,
         disabled="openai_agents,langchain",
     )
-    expected = STALE if mode == "stale" else []
+    expected = stale(prefix) if mode == "stale" else []
     assert f"risk saw score {680 if mode == 'stale' else 750}" in run.stdout
     assert run.online == expected
     assert run.offline == expected
     assert run.agents_of_observations() == {"scorer", "risk"}
-    assert run.decision_inputs(f"assess{tool_suffix}") == [["credit_limit/42@n:1"]]
+    cached, limit = f"redis:0/{prefix}:credit_score:42", f"postgresql:test/{prefix}_limits/42"
+    score = f"postgresql:test/{prefix}_scores/42"
+    assert run.decision_inputs(f"assess{tool_suffix}") == [[limit, cached, score]]
     assert sorted(run.decision_inputs(f"read_limit{tool_suffix}")) == [[], []]

@@ -4,22 +4,25 @@ Two agents work on customer 42 at the same time, in one trace:
 
 - `scorer` reads the customer's credit limit, then rescores: it writes the new score to
   PostgreSQL and raises the limit it read;
-- `risk` reads the limit too, waits for the new score, reads the score through the Redis
-  cache, and cuts the limit it read.
+- `risk` reads the limit too and fills the Redis cache with the score (cache-aside: a miss,
+  the row, `SET`), waits for the new score, reads the score through the cache, and cuts the
+  limit it read.
 
 In the buggy run (`stale`) the scorer forgets to invalidate the cache, so the risk agent
 acts on the old score (a stale read), and both agents write a limit computed from the same
 read (a lost update). In the correct twin (`correct`) the scorer deletes the cached score
 and the risk agent reads the limit again before it writes: nothing to report.
 
-Only the stores' own clients and the OpenTelemetry API (for the workflow's root span) are
-used here: otel-agent-state instruments them from the outside.
+No configuration is needed: the risk agent's `SET` of the score column it just read, under
+a key holding the row's key, links the Redis key to the row (`agentstate.link`). Only the
+stores' own clients and the OpenTelemetry API (for the workflow's root span) are used here:
+otel-agent-state instruments them from the outside. `python credit_store.py` prints fact
+rules that map the two keys onto one fact (`credit_facts.toml`), for a first rule of your own.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import threading
 from typing import Any
@@ -47,7 +50,7 @@ def _cache() -> redis.Redis:
 
 
 def reset() -> None:
-    """Fresh tables and a cached score (score 680 at version 1), before the workflow."""
+    """Fresh tables (score 680 at version 1) and no cached score, before the workflow."""
     with _pg() as conn:
         for table, column, value in ((SCORES, "score", 680), (LIMITS, "credit_limit", 1000)):
             conn.execute(f"DROP TABLE IF EXISTS {table}")
@@ -55,7 +58,7 @@ def reset() -> None:
                 f"CREATE TABLE {table} (customer_id int PRIMARY KEY, {column} int, version int)"
             )
             conn.execute(f"INSERT INTO {table} VALUES (%s, %s, 1)", (CUSTOMER, value))
-    _cache().set(CACHE_KEY, json.dumps({"score": 680, "version": 1}))
+    _cache().delete(CACHE_KEY)
 
 
 class Workflow:
@@ -104,16 +107,8 @@ class Workflow:
     def assess_now(self) -> str:
         """The risk agent: the score through the cache, and a lower limit."""
         self._scored.wait(_WAIT_S)
-        cached = _cache().get(CACHE_KEY)
+        score = self._score()
         with _pg() as conn:
-            if cached is not None:
-                score = int(json.loads(cached)["score"])
-            else:
-                row = conn.execute(
-                    f"SELECT score, version FROM {SCORES} WHERE customer_id = %s", (CUSTOMER,)
-                ).fetchone()
-                assert row is not None
-                score = row[0]
             limit = self.limits["risk"]
             if self.correct:  # read the limit again: the scorer may have changed it
                 row = conn.execute(
@@ -135,12 +130,28 @@ class Workflow:
         await asyncio.to_thread(self._scored.wait, _WAIT_S)
         return self.assess_now()
 
+    def _score(self) -> int:
+        """The score, cache-aside: the cached copy, else the row (then cached)."""
+        cache = _cache()
+        cached = cache.get(CACHE_KEY)
+        if cached is not None:
+            return int(cached)
+        with _pg() as conn:
+            row = conn.execute(
+                f"SELECT score, version FROM {SCORES} WHERE customer_id = %s", (CUSTOMER,)
+            ).fetchone()
+        assert row is not None
+        cache.set(CACHE_KEY, str(row[0]))  # the score column, as the row has it
+        return int(row[0])
+
     def _read_limit(self, agent: str) -> str:
         with _pg() as conn:
             row = conn.execute(
                 f"SELECT credit_limit, version FROM {LIMITS} WHERE customer_id = %s", (CUSTOMER,)
             ).fetchone()
         assert row is not None
+        if agent == "risk":
+            self._score()  # what the customer's score is now: fills the cache
         with self._lock:
             self.limits[agent] = row[0]
             self._read += 1
@@ -150,11 +161,12 @@ class Workflow:
 
 
 def facts_toml() -> str:
-    """The fact rule that makes the cached score and the row one fact (README)."""
+    """Fact rules that make the cached score and the row one fact, and version both tables
+    by their `version` column."""
     return f"""[[facts]]
 name = "credit_score"
 keys = ["postgresql:*/{SCORES}/{{customer_id}}", "redis:*/{CACHE_PREFIX}{{customer_id}}"]
-version = {{ column = "version", json_field = "version" }}
+version = {{ column = "version" }}
 
 [[facts]]
 name = "credit_limit"

@@ -4,7 +4,6 @@ the same time, with a scripted LLM (no network, no API key).
     pip install "otel-agent-state[redis,postgres]" opentelemetry-distro crewai \
         opentelemetry-instrumentation-crewai                          # OpenLLMetry's
     export OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none
-    export OTEL_AGENTSTATE_CONFIG=credit_facts.toml  # beside this file (credit_store.py prints it)
     export CREWAI_DISABLE_TELEMETRY=true
     opentelemetry-instrument --service_name credit python crewai_credit.py stale
 

@@ -5,7 +5,6 @@ superstep: each node is an agent.
         openinference-instrumentation-langchain   # or OpenLLMetry's:
         # opentelemetry-instrumentation-langchain
     export OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none
-    export OTEL_AGENTSTATE_CONFIG=credit_facts.toml  # beside this file (credit_store.py prints it)
     opentelemetry-instrument --service_name credit python langgraph_credit.py stale
 
 Our LangGraph instrumentation (entry point `agentstate_langgraph`) makes each node run an

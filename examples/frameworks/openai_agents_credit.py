@@ -5,7 +5,6 @@ model (no network, no API key).
         openinference-instrumentation-openai-agents   # or OpenLLMetry's:
         # opentelemetry-instrumentation-openai-agents
     export OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none
-    export OTEL_AGENTSTATE_CONFIG=credit_facts.toml  # beside this file (credit_store.py prints it)
     opentelemetry-instrument --service_name credit python openai_agents_credit.py stale
 
 The SDK's spans reach OpenTelemetry through either instrumentation: OpenInference names the

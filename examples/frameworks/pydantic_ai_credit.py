@@ -2,7 +2,6 @@
 
     pip install "otel-agent-state[redis,postgres]" opentelemetry-distro pydantic-ai-slim
     export OTEL_TRACES_EXPORTER=console OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none
-    export OTEL_AGENTSTATE_CONFIG=credit_facts.toml  # beside this file (credit_store.py prints it)
     opentelemetry-instrument --service_name credit python pydantic_ai_credit.py stale
 
 Pydantic AI's own instrumentation names the agents (`invoke_agent scorer`, and
