@@ -208,3 +208,43 @@ def test_entry_points_name_each_instrumentor() -> None:
     assert found["agentstate_pymysql"].endswith("pymysql:PyMySQLInstrumentor")
     assert found["agentstate_mysqlclient"].endswith("mysqlclient:MySQLClientInstrumentor")
     assert found["agentstate_aiomysql"].endswith("aiomysql:AioMySQLInstrumentor")
+
+
+def test_inserts_that_may_touch_other_rows_fall_back_to_a_table_fact(
+    telemetry: Telemetry, client: str, mysql_dsn: str, table: str
+) -> None:
+    """REPLACE fires on any unique key (here `label`): the row it deleted is not the one the
+    key names. INSERT IGNORE that skipped a row did not write it. Without such a key, or
+    with every row inserted, the rows are named."""
+    keyed = f"{table}_u"
+    sql(
+        mysql_dsn,
+        f"CREATE TABLE {keyed} (id int PRIMARY KEY, label varchar(20) UNIQUE, n int)",
+        f"INSERT INTO {keyed} VALUES (1, 'a', 1)",
+    )
+    try:
+        conn = Conn(client, mysql_dsn)
+        conn.execute(f"REPLACE INTO {keyed} (id, label, n) VALUES (%s, %s, %s)", (9, "a", 5))
+        conn.execute(f"REPLACE INTO {table} (id, label, n) VALUES (%s, %s, %s)", (2, "z", 5))
+        cur = conn.cursor()
+        cur.executemany(
+            f"INSERT IGNORE INTO {table} (id, label, n) VALUES (%s, %s, %s)",
+            [(1, "x", 0), (50, "y", 0)],
+        )
+        cur.executemany(
+            f"INSERT IGNORE INTO {table} (id, label, n) VALUES (%s, %s, %s)",
+            [(51, "x", 0), (52, "y", 0)],
+        )
+        conn.close()
+        assert sql(mysql_dsn, f"SELECT id FROM {keyed}") == [(9,)]  # row 1 is gone
+    finally:
+        sql(mysql_dsn, f"DROP TABLE IF EXISTS {keyed}")
+    writes = [
+        s.attributes or {} for s in telemetry.spans() if A.WRITE_FACTS in (s.attributes or {})
+    ]
+    assert [(w[A.WRITE_FACTS], w.get(A.UNRESOLVED)) for w in writes] == [
+        ((f"mysql:test/{keyed}",), "upsert on a table with another unique key"),
+        ((f"mysql:test/{table}/2",), None),
+        ((f"mysql:test/{table}",), "INSERT IGNORE skipped rows"),
+        ((f"mysql:test/{table}/51", f"mysql:test/{table}/52"), None),
+    ]

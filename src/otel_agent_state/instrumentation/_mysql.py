@@ -60,6 +60,10 @@ _CATALOG = (
     " WHERE c.TABLE_SCHEMA = %s AND c.TABLE_NAME = %s"
     " ORDER BY c.ORDINAL_POSITION"
 )
+_OTHER_UNIQUE = (
+    "SELECT COUNT(*) FROM information_schema.STATISTICS"
+    " WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND NON_UNIQUE = 0 AND INDEX_NAME <> 'PRIMARY'"
+)
 
 
 class Driver(Protocol):
@@ -141,6 +145,7 @@ class MyTable:
     pk: tuple[str, ...]  # lower case, key order; empty: no primary key
     integer_pk: bool  # a single AUTO_INCREMENT key (the driver's lastrowid names the row)
     sql_name: str  # quoted, database-qualified
+    other_unique: bool = True  # a unique key besides the primary key (REPLACE may hit it)
 
 
 class MyState:
@@ -258,7 +263,7 @@ def resolve_table(state: MyState, schema: str | None, name: str) -> Step[None]:
     database = schema or state.dbname
     if not database:
         return
-    results = yield Batch([(_CATALOG, (database, name))], False)
+    results = yield Batch([(_CATALOG, (database, name)), (_OTHER_UNIQUE, (database, name))], False)
     if results is None:
         return  # try again next time
     rows = results[0][1]
@@ -273,6 +278,7 @@ def resolve_table(state: MyState, schema: str | None, name: str) -> Step[None]:
             pk,
             len(pk) == 1 and pk[0] in auto,
             quote(str(rows[0][0])) + "." + quote(str(rows[0][1])),
+            bool(results[1][1] and int(results[1][1][0][0])),
         )
     state.remember(schema, name, table)
 
@@ -417,6 +423,8 @@ class Flow:
         keys, reason = _pinned_writes(self.prepared, cursor)
         results: list[Rows] | None = None
         table = cast("MyTable | None", obs.table)
+        if reason is None and table is not None:
+            reason = self._unnamed(table, keys, cursor)
         if reason is not None or not keys or table is None:
             facts = obs.table_write(settings, reason or "no rows")
         else:
@@ -455,6 +463,18 @@ class Flow:
             obs.span.set_attribute(A.READ_FACTS, list(facts))
             obs.span.set_attribute(A.READ_VERSIONS, list(facts.values()))
             obs.span.set_attribute(A.CONSISTENCY, settings.consistency_label(facts))
+
+    def _unnamed(self, table: MyTable, keys: list[list[object]], cursor: Any) -> str | None:
+        """Why the keys the statement gives may not be the rows it changed (MySQL's own
+        ways for an INSERT to touch other rows, or none)."""
+        stmt = self.stmt
+        if getattr(stmt, "conflict", None) == () and table.other_unique:
+            # REPLACE / ON DUPLICATE KEY fire on any unique key: another row may be the one
+            # that was replaced or updated.
+            return "upsert on a table with another unique key"
+        if getattr(stmt, "ignore", False) and getattr(cursor, "rowcount", -1) != len(keys):
+            return "INSERT IGNORE skipped rows"
+        return None
 
     def now_in(self, exc: BaseException | None = None) -> bool:
         """Whether a transaction is open after the statement."""
