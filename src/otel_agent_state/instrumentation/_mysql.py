@@ -35,7 +35,7 @@ from ..core.config import get_settings
 from ._dbapi import MAX_ROWS_PER_SPAN, Scopes, row_version, scope_end_spans, txn_attrs
 from ._dbapi import suppressed as _suppressed
 from ._postgres import Batch, Rows, Step
-from ._sql import Statement, analyse
+from ._sql import analyse
 from .sqlite3 import _Observation, _pinned_writes, _Prepared, _Read
 
 _log = logging.getLogger(__name__)
@@ -81,48 +81,7 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
-# --------------------------------------------------------------------------- placeholders
-
-_LEXEME = re.compile(
-    r"""'(?:[^'\\]|\\.|'')*'?|"(?:[^"\\]|\\.|"")*"?|`(?:[^`]|``)*`?"""
-    r"""|--[ \t][^\n]*|\#[^\n]*|/\*.*?(?:\*/|$)|%\((\w+)\)s|%s|%%|%""",
-    re.DOTALL,
-)
-
-
-def _qmark(sql: str) -> str | None:
-    """The driver's pyformat placeholders (`%s`, `%(name)s`) as `?` / `:name`, outside quotes
-    and comments; None when the text holds another `%` form we would not rewrite right."""
-    out: list[str] = []
-    last = 0
-    for match in _LEXEME.finditer(sql):
-        text = match.group(0)
-        if not text.startswith("%"):
-            continue
-        out.append(sql[last : match.start()])
-        last = match.end()
-        if text == "%s":
-            out.append("?")
-        elif text == "%%":
-            out.append("%")
-        elif match.group(1):
-            out.append(":" + match.group(1))
-        else:
-            return None
-    out.append(sql[last:])
-    return "".join(out)
-
-
-def analyse_mysql(sql: str, bound: bool) -> Statement:
-    """The statement as the analyser's MySQL dialect reads it. Should that dialect not read
-    the drivers' pyformat placeholders (it finds no parameter where the text has `%s`), the
-    same text with `?` / `:name` placeholders (same order, same names) is analysed instead."""
-    stmt = analyse(sql, "mysql")
-    if bound and stmt.params == 0 and "%" in sql:
-        text = _qmark(sql)
-        if text is not None and text != sql:
-            return analyse(text, "mysql")
-    return stmt
+# --------------------------------------------------------------------------- parameters
 
 
 def bind_params(raw: Any) -> object:
@@ -316,8 +275,7 @@ class Flow:
         self.method = method
         self.sql = sql
         self.params = params
-        bound = any(p is not None and p != () for p in params) or method == "executemany"
-        self.stmt = analyse_mysql(sql, bound)
+        self.stmt = analyse(sql, "mysql")
         self.was_in = self.in_trans()
         self.autocommit_before = self._autocommit()
         self._obs: _Observation | None = None
