@@ -248,3 +248,38 @@ def test_inserts_that_may_touch_other_rows_fall_back_to_a_table_fact(
         ((f"mysql:test/{table}",), "INSERT IGNORE skipped rows"),
         ((f"mysql:test/{table}/51", f"mysql:test/{table}/52"), None),
     ]
+
+
+def test_transactions_begun_and_ended_in_sql_and_by_calls(
+    telemetry: Telemetry, client: str, mysql_dsn: str, table: str
+) -> None:
+    """START TRANSACTION ... COMMIT in SQL, begin() ended by DDL's implicit commit, and a
+    write after `SET autocommit = 0` ended by rollback(): each write's scope and its end."""
+    conn = Conn(client, mysql_dsn)  # autocommit on
+    conn.execute("START TRANSACTION")
+    conn.execute(f"UPDATE {table} SET n = 10 WHERE id = %s", (1,))
+    conn.execute("COMMIT")
+    conn.begin()
+    conn.execute(f"UPDATE {table} SET n = 20 WHERE id = %s", (2,))
+    conn.execute(f"CREATE TABLE {table}_ddl (id int PRIMARY KEY)")  # commits implicitly
+    conn.execute(f"DROP TABLE {table}_ddl")
+    conn.execute("SET autocommit = 0")
+    conn.execute(f"UPDATE {table} SET n = 30 WHERE id = %s", (3,))
+    conn.rollback()
+    conn.execute("SET autocommit = 1")
+    conn.execute(f"UPDATE {table} SET n = 40 WHERE id = %s", (3,))
+    conn.close()
+    assert sql(mysql_dsn, f"SELECT n FROM {table} ORDER BY id") == [(10,), (20,), (40,)]
+    spans = telemetry.spans()
+    writes = [s.attributes or {} for s in spans if s.name.startswith("UPDATE")]
+    assert [w[A.COMMITTED] for w in writes] == [False, False, False, True]
+    ends = {
+        (s.attributes or {})[A.TXN_ID]: (s.name, (s.attributes or {})[A.TXN_OUTCOME])
+        for s in spans
+        if A.TXN_OUTCOME in (s.attributes or {})
+    }
+    assert [ends[w[A.TXN_ID]] for w in writes[:3]] == [
+        ("COMMIT", "commit"),
+        (f"DDL {table}_ddl", "commit"),
+        ("ROLLBACK", "rollback"),
+    ]
