@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from .frameworks_support import RULED, require, run_example, stale
 
 EXAMPLE = "pydantic_ai_credit.py"
@@ -49,12 +47,6 @@ def test_correct_twin_has_no_finding(tmp_path: Path, postgres_dsn: str, redis_ur
     assert run.agents_of_observations() == {"scorer", "risk"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: with a rule mapping the Redis key and the row onto one fact, the fill's "
-    "agentstate.write.copy_of=n:1 is recorded, but the later read of the copy is not judged "
-    "as a read of n:1, so the stale cached score is missed (the zero-config link finds it)",
-)
 def test_with_the_fact_rules_the_same_findings_by_rule_name(
     tmp_path: Path, postgres_dsn: str, redis_url: str
 ) -> None:

@@ -216,3 +216,25 @@ def test_the_model_a_span_names_is_the_one_its_read_is_judged_under() -> None:
     h.read("r", F, "n:1", (14, 15), consistency="bounded:60000")
     h.read("r", F, "n:1", (16, 17), consistency="not-a-model")  # the configuration's
     assert [a.observed_version for a in detect_stale_reads(h.history())] == ["n:1", "n:1"]
+
+
+def test_a_digest_copy_of_a_versioned_row_is_judged_by_the_rows_version() -> None:
+    """A rule maps a cache key and a row with a version column; the cached text carries no
+    version (a digest): the fill copies `n:1`, so the later hit is a read of `n:1`."""
+    h = H()
+    risk = h.agent("risk", (0, 100))
+    h.read("risk", F, "n:1", (1, 2), scope=risk, store="postgresql")
+    h.write("risk", F, "h:c680", (3, 4), tier="cache", scope=risk, store="redis")
+    h.write("scorer", F, "n:2", (10, 11), store="postgresql")
+    hit = h.read("risk", F, "h:c680", (20, 21), tier="cache", scope=risk, store="redis")
+    [anomaly] = detect_stale_reads(h.history())
+    assert (anomaly.span_id, anomaly.observed_version, anomaly.expected_version) == (
+        hit,
+        "h:c680",
+        "n:2",
+    )
+    h.write("scorer", F, "none", (12, 13), tier="cache", store="redis")  # invalidated ...
+    h.read("risk", F, "n:2", (14, 15), scope=risk, store="postgresql")  # ... and refilled
+    h.write("risk", F, "h:c750", (16, 17), tier="cache", scope=risk, store="redis")
+    h.read("risk", F, "h:c750", (22, 23), tier="cache", scope=risk, store="redis")
+    assert [a.span_id for a in detect_stale_reads(h.history())] == [hit]

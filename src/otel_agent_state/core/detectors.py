@@ -30,7 +30,16 @@ from .model import (
     Write,
 )
 from .order import VersionOrder
-from .placement import BeforeDelete, Candidate, Candidates, all_precede, candidates, pinned, writers
+from .placement import (
+    BeforeDelete,
+    Candidate,
+    Candidates,
+    all_precede,
+    candidates,
+    copied_ordinal,
+    pinned,
+    writers,
+)
 
 ConsistencyOf = Callable[[str], Consistency]
 
@@ -121,7 +130,7 @@ def _realtime_violation(
     if not before:
         return None
     latest = before[-1]
-    version = read.version
+    version = copied_ordinal(history, read) or read.version
     if version.orderable_with(latest.version):
         if version.same_as(latest.version):
             return None
@@ -150,18 +159,19 @@ def _realtime_violation(
     if latest.commit_span_id:
         evidence.append(latest.commit_span_id)
     agents = _unique([read.obs.agent, latest.obs.agent])
+    copied = f" (a copy of {version.text})" if version is not read.version else ""
     model_text = str(model)
     return Anomaly(
         kind=AnomalyKind.STALE_READ,
         trace_id=read.obs.trace_id,
         span_id=read.obs.span_id,
         fact=read.fact,
-        observed_version=version.text,
+        observed_version=read.version.text,
         expected_version=latest.version.text,
         agents=agents,
         evidence_span_ids=tuple(evidence),
         summary=(
-            f"{read.obs.agent} read {read.fact} at {version.text} from the "
+            f"{read.obs.agent} read {read.fact} at {read.version.text}{copied} from the "
             f"{read.obs.tier.value} ({read.obs.store}), but {latest.obs.agent} had committed "
             f"{latest.version.text} {lag_ms:g} ms before the read ({model_text})"
         ),

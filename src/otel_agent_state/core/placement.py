@@ -25,7 +25,7 @@ trace, and a copy holds the value the copying agent read.
 from __future__ import annotations
 
 from .history import History, version_key
-from .model import Read, Tier, Write
+from .model import Read, Tier, Version, Write
 
 Rep = tuple[str, Tier]
 
@@ -128,6 +128,26 @@ def _deleted_before(history: History, read: Read) -> Write | None:
         if write is not last and not write.rolled_back and last.start_ns <= write.start_ns < end:
             return None
     return last
+
+
+def copied_ordinal(history: History, read: Read) -> Version | None:
+    """For a digest read of a copy of an `n:`/`t:` version (a cache fill of a row with a
+    version column, whose cached text carries none): that version, when every write of the
+    read's representation that can have produced it copied the same one."""
+    if read.version.kind != "h":
+        return None
+    found: Version | None = None
+    obs = read.obs
+    for write in history.producers(read.fact, read.version, obs.store, obs.tier):
+        if write.obs.start_ns >= obs.end_ns:
+            break
+        source = write.copy_of
+        if source is None or source.ordinal is None:
+            return None
+        if found is not None and not found.same_as(source):
+            return None
+        found = source
+    return found
 
 
 def _copied_writes(history: History, copy: Write) -> Candidates | None:
