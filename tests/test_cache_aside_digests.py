@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
 import pytest
@@ -29,10 +30,12 @@ from .otlp_json import otlp_request
 DB = 11  # a Redis db of this module's own
 
 
-@pytest.fixture
-def app(
-    telemetry: Telemetry, postgres_dsn: str, redis_url: str
+@contextmanager
+def _app(
+    telemetry: Telemetry, postgres_dsn: str, redis_url: str, *, rule: bool
 ) -> Iterator[tuple[str, redis.Redis, str]]:
+    """A schema with the scores table, a Redis key prefix of its own, our psycopg and Redis
+    instrumentors on; `rule`: one fact rule linking the row and its cache key."""
     schema = f"agentstate_ca_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(postgres_dsn, autocommit=True) as conn:
         conn.execute(f"CREATE SCHEMA {schema}")
@@ -40,14 +43,9 @@ def app(
         conn.execute(f"INSERT INTO {schema}.scores VALUES (42, 680)")
     client = redis.Redis.from_url(f"{redis_url}/{DB}")
     prefix = f"ca{uuid.uuid4().hex[:8]}"
-    configure(
-        rules=[
-            {
-                "name": "score",
-                "keys": [f"postgresql:*/{schema}.scores/{{id}}", f"redis:*/{prefix}:score:{{id}}"],
-            }
-        ]
-    )
+    if rule:
+        keys = [f"postgresql:*/{schema}.scores/{{id}}", f"redis:*/{prefix}:score:{{id}}"]
+        configure(rules=[{"name": "score", "keys": keys}])
     pg, rd = PsycopgInstrumentor(), RedisInstrumentor()
     pg.instrument(tracer_provider=telemetry.provider)
     rd.instrument(tracer_provider=telemetry.provider)
@@ -56,10 +54,27 @@ def app(
     finally:
         rd.uninstrument()
         pg.uninstrument()
-        client.delete(f"{prefix}:score:42")
+        client.delete(f"{prefix}:score:42", f"{prefix}:latest-score")
         client.close()
         with psycopg.connect(postgres_dsn, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture
+def app(
+    telemetry: Telemetry, postgres_dsn: str, redis_url: str
+) -> Iterator[tuple[str, redis.Redis, str]]:
+    with _app(telemetry, postgres_dsn, redis_url, rule=True) as found:
+        yield found
+
+
+@pytest.fixture
+def bare_app(
+    telemetry: Telemetry, postgres_dsn: str, redis_url: str
+) -> Iterator[tuple[str, redis.Redis, str]]:
+    """The same app with no configuration at all: no fact rule, no version column."""
+    with _app(telemetry, postgres_dsn, redis_url, rule=False) as found:
+        yield found
 
 
 def _score(dsn: str, client: redis.Redis, prefix: str) -> int:
@@ -141,32 +156,6 @@ def test_the_fill_says_what_it_copied(
 # ------------------------------------------------------------------ zero config (issue 14)
 
 
-@pytest.fixture
-def bare_app(
-    telemetry: Telemetry, postgres_dsn: str, redis_url: str
-) -> Iterator[tuple[str, redis.Redis, str]]:
-    """The same app with no configuration at all: no fact rule, no version column."""
-    schema = f"agentstate_zc_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-        conn.execute(f"CREATE TABLE {schema}.scores (id int PRIMARY KEY, score int)")
-        conn.execute(f"INSERT INTO {schema}.scores VALUES (42, 680)")
-    client = redis.Redis.from_url(f"{redis_url}/{DB}")
-    prefix = f"zc{uuid.uuid4().hex[:8]}"
-    pg, rd = PsycopgInstrumentor(), RedisInstrumentor()
-    pg.instrument(tracer_provider=telemetry.provider)
-    rd.instrument(tracer_provider=telemetry.provider)
-    try:
-        yield f"{postgres_dsn}?options=-csearch_path%3D{schema}", client, prefix
-    finally:
-        rd.uninstrument()
-        pg.uninstrument()
-        client.delete(f"{prefix}:score:42")
-        client.close()
-        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
-            conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 @pytest.mark.parametrize("invalidate", [False, True], ids=["faulty", "correct"])
 def test_zero_config_cache_lineage(
     telemetry: Telemetry, bare_app: tuple[str, redis.Redis, str], invalidate: bool
@@ -200,7 +189,6 @@ def test_no_link_without_the_key_match(
         with psycopg.connect(dsn, autocommit=True) as conn:
             (score,) = conn.execute("SELECT score FROM scores WHERE id = 42").fetchone()  # type: ignore[misc]
         client.set(f"{prefix}:latest-score", str(score))
-    client.delete(f"{prefix}:latest-score")
     writes = [
         dict(s.attributes or {})
         for s in telemetry.spans()
