@@ -4,8 +4,9 @@
 #
 #   scripts/conformance.sh [--fast] [SUITE ...]
 #
-# SUITE: sqlite3 psycopg2 redis sqlalchemy asyncpg contrib-sqlalchemy contrib-psycopg2
-#        contrib-psycopg contrib-asyncpg (default: all; --fast: the subset .ci/run runs).
+# SUITE: sqlite3 psycopg2 redis sqlalchemy asyncpg contrib-redis contrib-sqlalchemy
+#        contrib-psycopg2 contrib-psycopg contrib-asyncpg (default: all; --fast: the subset
+#        .ci/run runs).
 # Each suite runs in mode `base` (uninstrumented) and `ours` (our instrumentors on a
 # hand-built TracerProvider with StateCoherenceSpanProcessor, via the pytest plugin in
 # scripts/conformance/); where contrib instruments the library, also `contrib` and `both`
@@ -38,10 +39,10 @@ for arg in "$@"; do
 done
 if [ ${#SUITES[@]} -eq 0 ]; then
   if [ "$FAST" = 1 ]; then
-    SUITES=(sqlite3 psycopg2 contrib-sqlalchemy)
+    SUITES=(sqlite3 psycopg2 sqlalchemy contrib-sqlalchemy)
   else
-    SUITES=(sqlite3 psycopg2 redis sqlalchemy asyncpg contrib-sqlalchemy contrib-psycopg2
-      contrib-psycopg contrib-asyncpg)
+    SUITES=(sqlite3 psycopg2 redis sqlalchemy asyncpg contrib-redis contrib-sqlalchemy
+      contrib-psycopg2 contrib-psycopg contrib-asyncpg)
   fi
 fi
 
@@ -155,8 +156,12 @@ for suite in "${SUITES[@]}"; do
     sqlalchemy)
       VER="SQLAlchemy $(version SQLAlchemy)"
       dir=$(sdist SQLAlchemy "${VER#SQLAlchemy }")
-      files=(test)
-      [ "$FAST" = 1 ] && files=(test/dialect/test_sqlite.py test/engine/test_transaction.py)
+      # The whole suite (about 20 minutes a mode on 2 cores) with CONFORMANCE_FULL_SQLALCHEMY=1;
+      # else the engine, the SQLite dialect and the ORM session/transaction tests.
+      files=(test/engine test/dialect/sqlite test/orm/test_transaction.py
+        test/orm/test_session.py)
+      [ "${CONFORMANCE_FULL_SQLALCHEMY:-0}" = 1 ] && files=(test)
+      [ "$FAST" = 1 ] && files=(test/dialect/sqlite test/engine/test_transaction.py)
       run sqlalchemy "$dir" sqlalchemy,sqlite3 "base ours contrib both" -- "${files[@]}" -p no:warnings
       ;;
     asyncpg)
@@ -171,7 +176,7 @@ for suite in "${SUITES[@]}"; do
       PGHOST=$CONFORMANCE_ASYNCPG_PGHOST PGUSER=$PGUSER_ \
         run asyncpg "$dir" asyncpg "base ours contrib both" -- tests
       ;;
-    contrib-sqlalchemy|contrib-psycopg2|contrib-psycopg|contrib-asyncpg)
+    contrib-redis|contrib-sqlalchemy|contrib-psycopg2|contrib-psycopg|contrib-asyncpg)
       lib=${suite#contrib-}
       pkg="opentelemetry-instrumentation-$lib"
       VER="$pkg $(version "$pkg")"
