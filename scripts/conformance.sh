@@ -3,6 +3,7 @@
 # the same outcome for every test with our instrumentation on as without it (issue 19).
 #
 #   scripts/conformance.sh [--fast] [SUITE ...]
+#   CONFORMANCE_MODES="base ours" scripts/conformance.sh redis   # fewer modes
 #
 # SUITE: sqlite3 psycopg2 redis sqlalchemy asyncpg contrib-redis contrib-sqlalchemy
 #        contrib-psycopg2 contrib-psycopg contrib-asyncpg (default: all; --fast: the subset
@@ -92,7 +93,7 @@ start_pg() {
 
 # run LABEL DIR LIBS MODES -- PYTEST ARGS...: each mode once, then the comparisons.
 run() {
-  local label=$1 dir=$2 libs=$3 modes=$4; shift 5
+  local label=$1 dir=$2 libs=$3 modes=${CONFORMANCE_MODES:-$4}; shift 5
   local mode out
   for mode in $modes; do
     out="$WORK/out/$label-$mode.json"
