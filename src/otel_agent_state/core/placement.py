@@ -10,6 +10,9 @@ only what the trace's writes prove"):
 - **the initial state** (Elle), only within the representation the fact's writes live in:
   `none` (absent) that no write produced, or a digest a read there returned before any write
   there began;
+- **older than a delete**: a present value read after a committed delete, when no write of
+  the fact began after the delete and before the read ended (absence is the same in every
+  representation);
 - otherwise it is **unplaced**: it proves nothing — never stale, never one side of a
   divergent view, never the base of a lost update.
 
@@ -48,6 +51,7 @@ Candidate = Write | str | BeforeDelete
 Candidates = tuple[Candidate, ...]
 
 _MAX_COPY_DEPTH = 4  # copies of copies followed this deep; deeper proves nothing
+_MAX_MEMO = 4_096  # memoised answers per fact
 
 
 def rep_of(read_or_write: Read | Write) -> Rep:
@@ -58,6 +62,8 @@ def rep_of(read_or_write: Read | Write) -> Rep:
 def candidates(history: History, read: Read) -> Candidates | None:
     """The logical writes (or INITIAL) `read` can have returned; None: unplaced."""
     memo = history.candidates_memo.setdefault(read.fact, {})
+    if len(memo) > _MAX_MEMO:
+        memo.clear()  # bounded: reads fall out of the fact's window, their entries with them
     slot = (read.obs.span_id, read.version.text)
     hit = memo.get(slot)
     if hit is not None:
