@@ -29,6 +29,7 @@ _ROWS_PER_AGENT = 16
 _MAX_AGENTS = 1_024
 _MAX_LINKS = 10_000
 _MAX_TEXT = 4_096  # longer column values are not matched (a cache of a blob is no score)
+_MAX_COLUMNS = 32  # wider rows are not remembered (their digests would cost every read)
 
 _lock = threading.Lock()
 _rows: OrderedDict[str, deque[tuple[str, tuple[str, ...], dict[str, str]]]] = OrderedDict()
@@ -82,8 +83,10 @@ def _row_forms(values: Mapping[str, object]) -> list[bytes]:
 
 def remember_row(settings: Settings, fact: str, physical: str, values: Mapping[str, Any]) -> None:
     """A full row the current agent scope read (`physical`'s last segment is its key)."""
+    if not values or len(values) > _MAX_COLUMNS:
+        return
     key = agent_key()
-    if key is None or not values:
+    if key is None:
         return
     digests: dict[str, str] = {}
     for name, value in values.items():
