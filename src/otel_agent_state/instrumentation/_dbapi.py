@@ -50,6 +50,7 @@ OPS = {
     "REPLACE": "write",
     "UPDATE": "write",
     "DELETE": "delete",
+    "MERGE": "write",  # a table-level write (the rows it touches depend on the data)
 }
 
 

@@ -378,7 +378,7 @@ class Flow:
 
     def before(self) -> Step[None]:
         stmt = self.stmt
-        if stmt.table and stmt.operation in ("SELECT", "INSERT", "UPDATE", "DELETE"):
+        if stmt.table and stmt.operation in ("SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"):
             yield from resolve_table(self.state, self.driver, self.conn, stmt.schema, stmt.table)
             self.obs.table = cast(Any, self.state.table(stmt.schema, stmt.table))
 
