@@ -147,7 +147,12 @@ def test_inject_carries_the_latest_committed_versions_never_values(telemetry: Te
         assert spans[write.span_id].name.startswith("agentstate.write")
         assert write.agent == "planner"
         assert write.process == telemetry.provider.resource.attributes["service.instance.id"]
-    assert "680" not in header  # nothing but keys, versions, times, ids and names
+    # Nothing but keys, versions, times, ids and names: per entry `fact=version;commit ns;
+    # span id;agent;process` (a substring test would trip on random hex ids).
+    entries = [entry.split(";") for entry in header.split(",")[1:]]
+    assert [len(fields) for fields in entries] == [5, 5]
+    assert [fields[0] for fields in entries] == ["limit/42=h:00ff", f"{FACT}=n:2"]
+    assert all(fields[1].isdigit() and fields[3] == "planner" for fields in entries)
 
 
 def test_inject_outside_a_trace_or_without_writes_sets_nothing(telemetry: Telemetry) -> None:
