@@ -182,6 +182,44 @@ def row_version(
     return known if known is not None else settings.digest(row_bytes(b"p", values))
 
 
+def read_back_versions(
+    obs: Any,
+    settings: Settings,
+    keys: Sequence[Sequence[object]],
+    results: Sequence[tuple[Sequence[str], Sequence[Sequence[object]]]] | None,
+    facts: dict[str, str],
+) -> None:
+    """Put in `facts` the version each pinned row has after a write, from the rows read back
+    (`results`, one per key, in order). Without them the write says so and gets a fresh
+    digest: a version nothing else can equal."""
+    if results is None:
+        obs.unresolved("version not read back")
+    for index, key in enumerate(keys):
+        physical = obs.physical(key)
+        fact, rule = obs.fact(settings, physical)
+        facts.pop(fact, None)
+        if results is None:
+            version = settings.digest(secrets.token_bytes(16))
+        else:
+            names, rows = results[index]
+            if not rows:
+                version = "none"
+            else:
+                lowered = [n.lower() for n in names]
+                values = dict(zip(lowered, rows[0], strict=False))
+                version = row_version(settings, rule, physical, values)
+        facts[fact] = version
+
+
+def based_on_own_read(obs: Any, settings: Settings, facts: Mapping[str, str]) -> None:
+    """`SET balance = balance - 1`: the server read the row and wrote it atomically, so the
+    write is based on its own read (as INCR is), not on an earlier SELECT."""
+    obs.span.set_attribute(A.OP, "read_write")
+    obs.span.set_attribute(A.READ_FACTS, list(facts))
+    obs.span.set_attribute(A.READ_VERSIONS, list(facts.values()))
+    obs.span.set_attribute(A.CONSISTENCY, settings.consistency_label(facts))
+
+
 def insert_key(
     by_column: Mapping[str, Value], names: Sequence[str], params: object
 ) -> list[object] | None:

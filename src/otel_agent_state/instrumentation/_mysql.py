@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import re
-import secrets
 import threading
 import weakref
 from collections import OrderedDict
@@ -32,7 +31,14 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from .. import __version__
 from .. import attributes as A
 from ..core.config import get_settings
-from ._dbapi import MAX_ROWS_PER_SPAN, Scopes, row_version, scope_end_spans, txn_attrs
+from ._dbapi import (
+    MAX_ROWS_PER_SPAN,
+    Scopes,
+    based_on_own_read,
+    read_back_versions,
+    scope_end_spans,
+    txn_attrs,
+)
 from ._dbapi import suppressed as _suppressed
 from ._postgres import Batch, Rows, Step
 from ._sql import analyse
@@ -396,31 +402,10 @@ class Flow:
             query = f"SELECT * FROM {table.sql_name} WHERE {where}{lock}"
             if not busy(self.state, self.driver, self.conn):
                 results = yield Batch([(query, tuple(key)) for key in keys], False)
-            if results is None:
-                obs.unresolved("version not read back")
-            for index, key in enumerate(keys):
-                physical = obs.physical(key)
-                fact, rule = obs.fact(settings, physical)
-                facts.pop(fact, None)
-                if results is None:
-                    version = settings.digest(secrets.token_bytes(16))
-                else:
-                    names, rows = results[index]
-                    if not rows:
-                        version = "none"
-                    else:
-                        lowered = [n.lower() for n in names]
-                        values = dict(zip(lowered, rows[0], strict=False))
-                        version = row_version(settings, rule, physical, values)
-                facts[fact] = version
+            read_back_versions(obs, settings, keys, results, facts)
         obs.set_writes(facts)
         if self.stmt.set_from_row and results is not None:
-            # `SET balance = balance - 1`: the server read and wrote the row atomically, so
-            # the write is based on its own read (as INCR is), not on an earlier SELECT.
-            obs.span.set_attribute(A.OP, "read_write")
-            obs.span.set_attribute(A.READ_FACTS, list(facts))
-            obs.span.set_attribute(A.READ_VERSIONS, list(facts.values()))
-            obs.span.set_attribute(A.CONSISTENCY, settings.consistency_label(facts))
+            based_on_own_read(obs, settings, facts)
 
     def _unnamed(self, table: MyTable, keys: list[list[object]], cursor: Any) -> str | None:
         """Why the keys the statement gives may not be the rows it changed (MySQL's own

@@ -13,7 +13,6 @@ execute them, so the sync and async drivers share one implementation.
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 import weakref
 from collections import OrderedDict
@@ -30,7 +29,14 @@ from .. import __version__
 from .. import attributes as A
 from ..core.config import get_settings
 from ._dbapi import MAX_ROWS_PER_SPAN as _MAX_ROWS_PER_SPAN
-from ._dbapi import Scopes, observe_rows, row_version, scope_end_spans, txn_attrs
+from ._dbapi import (
+    Scopes,
+    based_on_own_read,
+    observe_rows,
+    read_back_versions,
+    scope_end_spans,
+    txn_attrs,
+)
 from ._dbapi import quote as _quote
 from ._dbapi import suppressed as _suppressed
 from ._sql import analyse
@@ -443,31 +449,10 @@ class Flow:
             mode = safe_mode(self.driver, self.conn)
             if mode is not None:
                 results = yield Batch([(query, tuple(key)) for key in keys], mode)
-            if results is None:
-                obs.unresolved("version not read back")
-            for index, key in enumerate(keys):
-                physical = obs.physical(key)
-                fact, rule = obs.fact(settings, physical)
-                facts.pop(fact, None)
-                if results is None:
-                    version = settings.digest(secrets.token_bytes(16))
-                else:
-                    names, rows = results[index]
-                    if not rows:
-                        version = "none"
-                    else:
-                        lowered = [n.lower() for n in names]
-                        values = dict(zip(lowered, rows[0], strict=False))
-                        version = row_version(settings, rule, physical, values)
-                facts[fact] = version
+            read_back_versions(obs, settings, keys, results, facts)
         obs.set_writes(facts)
         if self.stmt.set_from_row and results is not None:
-            # `SET balance = balance - 1`: the server read the row and wrote it atomically,
-            # so the write is based on its own read (as INCR is), not on an earlier SELECT.
-            obs.span.set_attribute(A.OP, "read_write")
-            obs.span.set_attribute(A.READ_FACTS, list(facts))
-            obs.span.set_attribute(A.READ_VERSIONS, list(facts.values()))
-            obs.span.set_attribute(A.CONSISTENCY, settings.consistency_label(facts))
+            based_on_own_read(obs, settings, facts)
 
     def track_txn(self, wrote: bool, failed: bool = False) -> None:
         """Follow the transaction across one statement (implicit BEGIN, SQL COMMIT, ...)."""
